@@ -5,7 +5,7 @@ Contract:
   ``_replace`` for enrichment). ``ts`` is event time in float epoch seconds UTC, never wall clock.
 * ``kind`` is one of ``KINDS``; ``outcome`` one of ``OUTCOMES``.
 * Ids (``trace_id``, ``span_id``, ``parent_span_id``) are lower-case hex strings or ``None``.
-* Unknown values are ``None`` (strings, ports, status) or ``0`` (byte counts): never ``"-"`` or ``""``.
+* Unknown values are ``None`` (strings, ports, status) or ``0`` (byte counts), never ``"-"``/``""``.
 * ``source`` names the input (topic/partition or file) and ``offset`` the record's position in it
   (Kafka offset or 1-based line number), for provenance and dead letters.
 """

@@ -13,6 +13,11 @@ Contract of every source (see ``Source``):
 * Infrastructure failure (broker unreachable past its timeout, unreadable file) raises
   ``InfrastructureError``; bad content never does (that is the decoder's business).
 * Sources apply backpressure by awaiting: the pipeline pulls batches from a bounded queue.
+* Event time is held back by every stream the pipeline knows: a source may announce a stream
+  with an empty batch before it has data (files do, so a slow file is not overtaken by a fast
+  one), and marks a stream's last batch with ``end=True`` so it stops holding the clock.
+* A unit longer than the configured maximum may be delivered cut to ``max_record_bytes + 1``
+  bytes; the pipeline rejects it as ``oversized`` without reading the rest.
 """
 
 from __future__ import annotations
@@ -42,6 +47,7 @@ class Batch:
     units: list[bytes]
     offsets: list[int]  # position of each unit (Kafka offset, 1-based line number)
     static: StaticAttrs = field(default_factory=StaticAttrs)
+    end: bool = False  # the stream has no more data after this batch
 
 
 class Source(Protocol):

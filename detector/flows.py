@@ -1,0 +1,595 @@
+"""Identity/cluster resolution and event-time windowed aggregation per edge.
+
+An *edge* is ``caller@src_cluster -> service.namespace@dst_cluster``; the caller is the
+principal (SPIFFE id, Linkerd identity, Kubernetes user) or, when the input names none, the
+workload, else ``anonymous``. Clusters usually share one trust domain, so (principal, cluster) is
+the identity of a caller (DESIGN.md §3).
+
+Contract:
+* ``Resolver.resolve(record, static)`` fills missing clusters/namespaces in the order of
+  DESIGN.md §3: explicit fields -> (OTLP resource attributes, filled by the decoder) -> static
+  attributes of the stream -> SPIFFE trust domain map -> peer-address CIDR map -> ``unknown``.
+  It returns the same object when nothing changes (the common, fast case).
+* ``RouteTemplates.template(service, path)`` turns raw paths into low-cardinality templates
+  (``/v1/customers/{id}``), at most ``max_per_service`` per service; the rest become ``{other}``.
+* ``WindowAggregator`` keeps tumbling event-time windows of ``window_s``. The watermark is the
+  minimum over active streams of the newest event time seen, minus ``allowed_lateness_s``;
+  streams idle for ``idle_stream_s`` (wall clock) stop holding it back. A window closes when its
+  end is at or before the watermark; a record for a closed window is *late*: counted per stream,
+  never merged. Open state is bounded by ``max_open_edges`` (records of further new edges are
+  folded into one ``overflow`` edge and counted), and idle edges leave the edge table after
+  ``edge_idle_ttl_s`` of event time.
+* ``WindowAggregator.positions()`` says, per stream, the next offset that is safe to commit:
+  every unit before it belongs to a closed window (or was late / bad and so fully processed).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final
+
+import numpy as np
+
+from detector.records import (
+    API_AUDIT,
+    AUTH_FAILURE,
+    CONNECTION,
+    DENIED,
+    ERROR,
+    OK,
+    UNAUTHENTICATED,
+    UNKNOWN,
+    FlowRecord,
+)
+from detector.sources import StaticAttrs
+
+ANONYMOUS: Final = "anonymous"
+OVERFLOW: Final = "overflow"
+OTHER_ROUTE: Final = "{other}"
+
+# ---------------------------------------------------------------------------------------------
+# Resolution
+
+
+class Resolver:
+    """Fills clusters and namespaces a record does not name itself (DESIGN.md §3 order)."""
+
+    def __init__(
+        self,
+        trust_domains: Mapping[str, str] | None = None,
+        cidrs: Mapping[str, str] | None = None,
+    ) -> None:
+        self.trust_domains = dict(trust_domains or {})
+        # Longest prefix first so a /24 carve-out wins over its /16.
+        nets = [(ipaddress.ip_network(c, strict=False), cl) for c, cl in (cidrs or {}).items()]
+        nets.sort(key=lambda nc: nc[0].prefixlen, reverse=True)
+        self._nets = nets
+        self._ip_cache: dict[str, str | None] = {}
+
+    def cluster_for_principal(self, principal: str | None) -> str | None:
+        if not principal or not self.trust_domains:
+            return None
+        if principal.startswith("spiffe://"):
+            td = principal[9:].split("/", 1)[0]
+        elif ".serviceaccount.identity.linkerd." in principal:
+            td = principal.rsplit(".serviceaccount.identity.linkerd.", 1)[1]
+        else:
+            return None
+        return self.trust_domains.get(td)
+
+    def cluster_for_ip(self, ip: str | None) -> str | None:
+        if not ip or not self._nets:
+            return None
+        try:
+            return self._ip_cache[ip]
+        except KeyError:
+            pass
+        found: str | None = None
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            addr = None
+        if addr is not None:
+            for net, cluster in self._nets:
+                if addr in net:
+                    found = cluster
+                    break
+        if len(self._ip_cache) > 65536:  # bounded: peer addresses can be many
+            self._ip_cache.clear()
+        self._ip_cache[ip] = found
+        return found
+
+    def resolve(self, rec: FlowRecord, static: StaticAttrs) -> FlowRecord:
+        src_cluster = rec.src_cluster
+        dst_cluster = rec.dst_cluster
+        if src_cluster is not None and dst_cluster is not None and rec.dst_namespace is not None:
+            return rec  # the common case for enriched mesh logs: nothing to do
+        if src_cluster is None:
+            src_cluster = (
+                static.src_cluster
+                or self.cluster_for_principal(rec.src_principal)
+                or self.cluster_for_ip(rec.src_ip)
+                or UNKNOWN
+            )
+        if dst_cluster is None:
+            dst_cluster = static.dst_cluster or static.cluster or UNKNOWN
+        dst_namespace = rec.dst_namespace or static.namespace
+        return rec._replace(
+            src_cluster=src_cluster, dst_cluster=dst_cluster, dst_namespace=dst_namespace
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Route templates
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_HEXID = re.compile(r"^(?=.*\d)[0-9a-fA-F]{8,}$")
+_TOKEN = re.compile(r"^(?=.*\d)[A-Za-z0-9_\-=.]{16,}$")
+
+
+def _template_segment(seg: str) -> str:
+    if not seg:
+        return seg
+    if seg.isdigit() or _UUID.match(seg) or _HEXID.match(seg) or _TOKEN.match(seg):
+        return "{id}"
+    if "@" in seg or len(seg) > 64:
+        return "{id}"
+    return seg
+
+
+def template_path(path: str) -> str:
+    """``/v1/customers/42?x=1`` -> ``/v1/customers/{id}`` (no per-service bound applied)."""
+    q = path.find("?")
+    if q >= 0:
+        path = path[:q]
+    if path.startswith(("http://", "https://")):
+        # absolute-form request target (Linkerd writes these): keep only the path
+        slash = path.find("/", path.find("//") + 2)
+        path = path[slash:] if slash >= 0 else "/"
+    return "/".join(_template_segment(s) for s in path.split("/")[:16])
+
+
+class RouteTemplates:
+    """Path -> template, with a bound on distinct templates per service and a bounded cache."""
+
+    def __init__(self, max_per_service: int = 100, cache_size: int = 200_000) -> None:
+        self.max_per_service = max_per_service
+        self.cache_size = cache_size
+        self._cache: dict[tuple[str | None, str], str] = {}
+        self._per_service: dict[str | None, set[str]] = {}
+        self.overflowed = 0
+
+    def template(self, service: str | None, path: str | None) -> str | None:
+        if path is None:
+            return None
+        key = (service, path)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        tpl = template_path(path)
+        known = self._per_service.setdefault(service, set())
+        if tpl not in known:
+            if len(known) >= self.max_per_service:
+                self.overflowed += 1
+                tpl = OTHER_ROUTE
+            else:
+                known.add(tpl)
+        if len(self._cache) >= self.cache_size:
+            self._cache.clear()  # cheap bound; hot paths refill it at once
+        self._cache[key] = tpl
+        return tpl
+
+    def forget(self, services: Iterable[str | None]) -> None:
+        for s in services:
+            self._per_service.pop(s, None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Windows
+
+# (caller, src_cluster, dst_namespace, dst_service, dst_cluster)
+EdgeKey = tuple[str, str, str, str, str]
+
+MAX_DURATIONS: Final = 2048  # latency samples kept per edge-window (quantiles stay accurate)
+MAX_SRC_IPS: Final = 64
+MAX_ROUTES_PER_EDGE: Final = 64
+
+
+class _Acc:
+    """Mutable accumulator of one edge in one window (slotted: millions may exist)."""
+
+    __slots__ = (
+        "api",
+        "bytes_in",
+        "bytes_out",
+        "connections",
+        "denied",
+        "durations",
+        "error",
+        "first_ts",
+        "last_ts",
+        "ok",
+        "requests",
+        "routes",
+        "src_ips",
+        "unauthenticated",
+    )
+
+    def __init__(self, ts: float) -> None:
+        self.requests = 0
+        self.connections = 0
+        self.api = 0
+        self.ok = 0
+        self.error = 0
+        self.denied = 0
+        self.unauthenticated = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.durations: list[float] = []
+        self.routes: dict[tuple[str | None, str | None], int] = {}
+        self.src_ips: set[str] = set()
+        self.first_ts = ts
+        self.last_ts = ts
+
+
+@dataclass(frozen=True, slots=True)
+class EdgeWindow:
+    """What one edge did in one closed window: the unit every model scores."""
+
+    window_start: float
+    window_end: float
+    src_principal: str
+    src_cluster: str
+    dst_namespace: str
+    dst_service: str
+    dst_cluster: str
+    requests: int  # L7 requests and auth failures
+    connections: int  # L4 flows
+    api_calls: int  # Kubernetes API audit events
+    ok: int
+    errors: int
+    denied: int
+    unauthenticated: int
+    bytes_in: int
+    bytes_out: int
+    latency_p50_ms: float | None
+    latency_p90_ms: float | None
+    latency_p99_ms: float | None
+    routes: Mapping[str, int] = field(default_factory=dict)  # "METHOD template" -> count
+    src_ips: tuple[str, ...] = ()
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return self.requests + self.connections + self.api_calls
+
+    @property
+    def edge(self) -> str:
+        dst = f"{self.dst_service}.{self.dst_namespace}" if self.dst_namespace else self.dst_service
+        return f"{self.src_principal}@{self.src_cluster} -> {dst}@{self.dst_cluster}"
+
+
+@dataclass(slots=True)
+class AggregatorStats:
+    records: int = 0
+    late: int = 0
+    late_by_stream: dict[str, int] = field(default_factory=dict)
+    overflow: int = 0
+    windows_closed: int = 0
+    edge_windows_emitted: int = 0
+    edges_evicted: int = 0
+
+
+class WindowAggregator:
+    """Tumbling event-time windows per edge with a watermark; see the module docstring."""
+
+    def __init__(
+        self,
+        window_s: float = 60.0,
+        allowed_lateness_s: float = 30.0,
+        max_open_edges: int = 1_000_000,
+        max_routes_per_service: int = 100,
+        edge_idle_ttl_s: float = 86_400.0,
+    ) -> None:
+        if window_s <= 0:
+            raise ValueError("window_s must be positive")
+        self.window_s = float(window_s)
+        self.allowed_lateness_s = float(allowed_lateness_s)
+        self.max_open_edges = max_open_edges
+        self.edge_idle_ttl_s = edge_idle_ttl_s
+        self.routes = RouteTemplates(max_routes_per_service)
+        self.stats = AggregatorStats()
+        # window start -> edge -> accumulator
+        self._windows: dict[float, dict[EdgeKey, _Acc]] = {}
+        self._open_edges = 0
+        # window start -> stream -> smallest offset that fed the window
+        self._window_offsets: dict[float, dict[str, int]] = {}
+        self._stream_next: dict[str, int] = {}  # stream -> offset after the last unit seen
+        self._stream_max_ts: dict[str, float] = {}
+        self._stream_idle: set[str] = set()
+        self._closed_before = -math.inf  # windows starting before this are closed
+        self._final_watermark = -math.inf  # the watermark never moves back (streams ending)
+        self._edge_last_seen: dict[EdgeKey, float] = {}
+
+    # -- watermark ---------------------------------------------------------------------------
+
+    @property
+    def watermark(self) -> float:
+        active = [ts for s, ts in self._stream_max_ts.items() if s not in self._stream_idle]
+        if not active:
+            active = [ts for ts in self._stream_max_ts.values() if ts > -math.inf]
+        if not active:
+            return self._final_watermark
+        return max(min(active) - self.allowed_lateness_s, self._final_watermark)
+
+    @property
+    def newest_event_ts(self) -> float:
+        return max(self._stream_max_ts.values(), default=-math.inf)
+
+    def mark_idle(self, stream: str, idle: bool = True) -> None:
+        """A stream with no data for a while stops holding the watermark back (or resumes)."""
+        if idle:
+            self._stream_idle.add(stream)
+        else:
+            self._stream_idle.discard(stream)
+
+    def advance_to(self, event_ts: float) -> None:
+        """Move every stream's clock to at least ``event_ts`` (idle timeout, end of input)."""
+        for s, ts in self._stream_max_ts.items():
+            if ts < event_ts:
+                self._stream_max_ts[s] = event_ts
+
+    def register_stream(self, stream: str) -> None:
+        """A stream that will deliver data holds the watermark back until it does (or idles)."""
+        self._stream_max_ts.setdefault(stream, -math.inf)
+
+    def end_stream(self, stream: str) -> None:
+        """A stream has no more data: it stops holding the watermark (its offsets stay)."""
+        self._stream_max_ts.pop(stream, None)
+        self._stream_idle.discard(stream)
+
+    def forget_stream(self, stream: str) -> None:
+        """A stream went away (partition revoked): it no longer holds the watermark."""
+        self._stream_max_ts.pop(stream, None)
+        self._stream_idle.discard(stream)
+        self._stream_next.pop(stream, None)
+        for offs in self._window_offsets.values():
+            offs.pop(stream, None)
+
+    # -- ingest ------------------------------------------------------------------------------
+
+    def add_batch(
+        self, stream: str, records: list[FlowRecord], offsets: list[int] | None = None
+    ) -> None:
+        """Aggregate ``records`` (all from ``stream``); ``offsets[i]`` is record i's position.
+
+        ``offsets`` may be shorter/None when positions are tracked elsewhere (see ``note_offset``).
+        """
+        if not records:
+            return
+        window_s = self.window_s
+        closed_before = self._closed_before
+        windows = self._windows
+        template = self.routes.template
+        wofs = self._window_offsets
+        last_seen = self._edge_last_seen
+        stats = self.stats
+        max_ts = self._stream_max_ts.get(stream, -math.inf)
+        cur_w = math.nan
+        cur_edges: dict[EdgeKey, _Acc] = {}
+        late = 0
+        for i, r in enumerate(records):
+            ts = r.ts
+            w = ts - ts % window_s
+            if w < closed_before:
+                late += 1
+                continue
+            if ts > max_ts:
+                max_ts = ts
+            if w != cur_w:
+                cur_w = w
+                edges_w = windows.get(w)
+                if edges_w is None:
+                    edges_w = windows[w] = {}
+                cur_edges = edges_w
+                if offsets is not None:
+                    off = offsets[i]
+                    per = wofs.get(w)
+                    if per is None:
+                        wofs[w] = {stream: off}
+                    elif off < per.get(stream, off + 1):
+                        per[stream] = off
+            key = (
+                r.src_principal
+                or (f"{r.src_namespace}/{r.src_workload}" if r.src_workload else ANONYMOUS),
+                r.src_cluster or UNKNOWN,
+                r.dst_namespace or "",
+                r.dst_service or UNKNOWN,
+                r.dst_cluster or UNKNOWN,
+            )
+            acc = cur_edges.get(key)
+            if acc is None:
+                if self._open_edges >= self.max_open_edges:
+                    stats.overflow += 1
+                    key = (OVERFLOW, OVERFLOW, "", OVERFLOW, OVERFLOW)
+                    acc = cur_edges.get(key)
+                if acc is None:
+                    acc = cur_edges[key] = _Acc(ts)
+                    self._open_edges += 1
+            kind = r.kind
+            if kind == CONNECTION:
+                acc.connections += 1
+            elif kind == API_AUDIT:
+                acc.api += 1
+            else:
+                acc.requests += 1
+            outcome = r.outcome
+            if outcome == OK:
+                acc.ok += 1
+            elif outcome == ERROR:
+                acc.error += 1
+            elif outcome == DENIED:
+                acc.denied += 1
+            elif outcome == UNAUTHENTICATED:
+                acc.unauthenticated += 1
+            acc.bytes_in += r.bytes_in
+            acc.bytes_out += r.bytes_out
+            d = r.duration_ms
+            if d is not None and len(acc.durations) < MAX_DURATIONS:
+                acc.durations.append(d)
+            if r.route is not None or r.method is not None:
+                rk = (r.method, template(r.dst_service, r.route))
+                routes = acc.routes
+                if rk in routes:
+                    routes[rk] += 1
+                elif len(routes) < MAX_ROUTES_PER_EDGE:
+                    routes[rk] = 1
+                else:
+                    ok_key = (None, OTHER_ROUTE)
+                    routes[ok_key] = routes.get(ok_key, 0) + 1
+            ip = r.src_ip
+            if ip is not None and len(acc.src_ips) < MAX_SRC_IPS:
+                acc.src_ips.add(ip)
+            if ts < acc.first_ts:
+                acc.first_ts = ts
+            elif ts > acc.last_ts:
+                acc.last_ts = ts
+            last_seen[key] = ts
+        stats.records += len(records) - late
+        if late:
+            stats.late += late
+            stats.late_by_stream[stream] = stats.late_by_stream.get(stream, 0) + late
+        if max_ts > -math.inf:
+            self._stream_max_ts[stream] = max_ts
+        self._stream_idle.discard(stream)
+        if offsets:
+            self.note_offset(stream, offsets[-1])
+
+    def note_offset(self, stream: str, last_offset: int) -> None:
+        """Units of ``stream`` up to ``last_offset`` were seen (decoded, bad, or aggregated)."""
+        if last_offset + 1 > self._stream_next.get(stream, -1):
+            self._stream_next[stream] = last_offset + 1
+
+    # -- emit --------------------------------------------------------------------------------
+
+    def close_ready(self) -> list[EdgeWindow]:
+        """Close every window whose end is at or before the watermark."""
+        wm = self.watermark
+        self._final_watermark = wm
+        return self._close(wm)
+
+    def flush(self) -> list[EdgeWindow]:
+        """Close every open window (end of input, shutdown)."""
+        return self._close(math.inf)
+
+    def _close(self, watermark: float) -> list[EdgeWindow]:
+        out: list[EdgeWindow] = []
+        ws = self.window_s
+        for w in sorted(self._windows):
+            if w + ws > watermark:
+                break
+            edges = self._windows.pop(w)
+            self._window_offsets.pop(w, None)
+            self._open_edges -= len(edges)
+            out.extend(_materialise(w, ws, key, acc) for key, acc in edges.items())
+            self.stats.windows_closed += 1
+            self._closed_before = max(self._closed_before, w + ws)
+        if watermark != math.inf and watermark > -math.inf:
+            # Every window starting before floor(watermark) is closed, even ones that never
+            # saw data: a record for one of them is late, not the seed of a second copy.
+            self._closed_before = max(self._closed_before, watermark - watermark % ws)
+        if out:
+            self.stats.edge_windows_emitted += len(out)
+            self._evict_idle(watermark if watermark != math.inf else out[-1].window_end)
+        return out
+
+    def _evict_idle(self, now_ts: float) -> None:
+        cutoff = now_ts - self.edge_idle_ttl_s
+        table = self._edge_last_seen
+        if len(table) < 1024:
+            return
+        stale = [k for k, ts in table.items() if ts < cutoff]
+        for k in stale:
+            del table[k]
+        if stale:
+            self.stats.edges_evicted += len(stale)
+            live_services = {k[3] for k in table}
+            self.routes.forget({k[3] for k in stale} - live_services)
+
+    # -- introspection -----------------------------------------------------------------------
+
+    @property
+    def open_windows(self) -> int:
+        return len(self._windows)
+
+    @property
+    def open_edges(self) -> int:
+        return self._open_edges
+
+    @property
+    def edges_tracked(self) -> int:
+        return len(self._edge_last_seen)
+
+    def positions(self) -> dict[str, int]:
+        """Per stream, the next offset safe to commit (see the module docstring)."""
+        out = dict(self._stream_next)
+        for per in self._window_offsets.values():
+            for stream, off in per.items():
+                if off < out.get(stream, off + 1):
+                    out[stream] = off
+        return out
+
+
+def _materialise(w: float, ws: float, key: EdgeKey, acc: _Acc) -> EdgeWindow:
+    p50 = p90 = p99 = None
+    if acc.durations:
+        q = np.quantile(np.asarray(acc.durations, dtype=np.float64), (0.5, 0.9, 0.99))
+        p50, p90, p99 = (round(float(x), 3) for x in q)
+    routes = {
+        (f"{m} {t}" if m else (t or "")): n for (m, t), n in acc.routes.items()
+    }
+    return EdgeWindow(
+        window_start=w,
+        window_end=w + ws,
+        src_principal=key[0],
+        src_cluster=key[1],
+        dst_namespace=key[2],
+        dst_service=key[3],
+        dst_cluster=key[4],
+        requests=acc.requests,
+        connections=acc.connections,
+        api_calls=acc.api,
+        ok=acc.ok,
+        errors=acc.error,
+        denied=acc.denied,
+        unauthenticated=acc.unauthenticated,
+        bytes_in=acc.bytes_in,
+        bytes_out=acc.bytes_out,
+        latency_p50_ms=p50,
+        latency_p90_ms=p90,
+        latency_p99_ms=p99,
+        routes=routes,
+        src_ips=tuple(sorted(acc.src_ips)),
+        first_seen=acc.first_ts,
+        last_seen=acc.last_ts,
+    )
+
+
+__all__ = [
+    "ANONYMOUS",
+    "AUTH_FAILURE",
+    "OTHER_ROUTE",
+    "OVERFLOW",
+    "AggregatorStats",
+    "EdgeWindow",
+    "Resolver",
+    "RouteTemplates",
+    "WindowAggregator",
+    "template_path",
+]
