@@ -365,11 +365,13 @@ class WindowAggregator:
     # -- ingest ------------------------------------------------------------------------------
 
     def add_batch(
-        self, stream: str, records: list[FlowRecord], offsets: list[int] | None = None
+        self, stream: str, records: list[FlowRecord], first_offset: int | None = None
     ) -> None:
-        """Aggregate ``records`` (all from ``stream``); ``offsets[i]`` is record i's position.
+        """Aggregate ``records`` (all from ``stream``, in one batch starting at ``first_offset``).
 
-        ``offsets`` may be shorter/None when positions are tracked elsewhere (see ``note_offset``).
+        Every window the batch feeds remembers ``first_offset`` as a lower bound of what it
+        holds, so commits never pass a unit whose window is still open. Call ``note_offset``
+        with the batch's last offset afterwards.
         """
         if not records:
             return
@@ -384,7 +386,7 @@ class WindowAggregator:
         cur_w = math.nan
         cur_edges: dict[EdgeKey, _Acc] = {}
         late = 0
-        for i, r in enumerate(records):
+        for r in records:
             ts = r.ts
             w = ts - ts % window_s
             if w < closed_before:
@@ -398,13 +400,12 @@ class WindowAggregator:
                 if edges_w is None:
                     edges_w = windows[w] = {}
                 cur_edges = edges_w
-                if offsets is not None:
-                    off = offsets[i]
+                if first_offset is not None:
                     per = wofs.get(w)
                     if per is None:
-                        wofs[w] = {stream: off}
-                    elif off < per.get(stream, off + 1):
-                        per[stream] = off
+                        wofs[w] = {stream: first_offset}
+                    elif first_offset < per.get(stream, first_offset + 1):
+                        per[stream] = first_offset
             key = (
                 r.src_principal
                 or (f"{r.src_namespace}/{r.src_workload}" if r.src_workload else ANONYMOUS),
@@ -468,8 +469,6 @@ class WindowAggregator:
         if max_ts > -math.inf:
             self._stream_max_ts[stream] = max_ts
         self._stream_idle.discard(stream)
-        if offsets:
-            self.note_offset(stream, offsets[-1])
 
     def note_offset(self, stream: str, last_offset: int) -> None:
         """Units of ``stream`` up to ``last_offset`` were seen (decoded, bad, or aggregated)."""
@@ -551,9 +550,7 @@ def _materialise(w: float, ws: float, key: EdgeKey, acc: _Acc) -> EdgeWindow:
     if acc.durations:
         q = np.quantile(np.asarray(acc.durations, dtype=np.float64), (0.5, 0.9, 0.99))
         p50, p90, p99 = (round(float(x), 3) for x in q)
-    routes = {
-        (f"{m} {t}" if m else (t or "")): n for (m, t), n in acc.routes.items()
-    }
+    routes = {(f"{m} {t}" if m else (t or "")): n for (m, t), n in acc.routes.items()}
     return EdgeWindow(
         window_start=w,
         window_end=w + ws,

@@ -20,23 +20,32 @@ class Metrics:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         r = self.registry
         self.records = Counter(
-            "detector_records", "Input units decoded into records, by source and format",
-            ["source", "format"], registry=r,
+            "detector_records",
+            "Input units decoded into records, by source and format",
+            ["source", "format"],
+            registry=r,
         )
         self.flow_records = Counter(
-            "detector_flow_records", "Records aggregated into closed windows, by outcome and kind",
-            ["src_cluster", "dst_cluster", "outcome"], registry=r,
+            "detector_flow_records",
+            "Records aggregated into closed windows, by outcome and kind",
+            ["src_cluster", "dst_cluster", "outcome"],
+            registry=r,
         )
         self.bad_records = Counter(
-            "detector_bad_records", "Input units rejected, by reason", ["source", "reason"],
+            "detector_bad_records",
+            "Input units rejected, by reason",
+            ["source", "reason"],
             registry=r,
         )
         self.late_records = Counter(
-            "detector_late_records", "Records whose window had already closed (not merged)",
-            ["source"], registry=r,
+            "detector_late_records",
+            "Records whose window had already closed (not merged)",
+            ["source"],
+            registry=r,
         )
         self.overflow_records = Counter(
-            "detector_overflow_records", "Records folded into the overflow edge (edge bound hit)",
+            "detector_overflow_records",
+            "Records folded into the overflow edge (edge bound hit)",
             registry=r,
         )
         self.windows_closed = Counter(
@@ -56,7 +65,8 @@ class Metrics:
         )
         self.window_lag = Gauge(
             "detector_window_lag_seconds",
-            "Wall clock minus the end of the newest closed window", registry=r,
+            "Wall clock minus the end of the newest closed window",
+            registry=r,
         )
         self.queue_depth = Gauge(
             "detector_queue_batches", "Batches waiting between sources and the core", registry=r
