@@ -1,0 +1,129 @@
+"""Assembly: a validated config -> sources, sinks and a pipeline, run until done or signalled.
+
+Contract:
+* ``build_sources(cfg)`` creates one source per config entry; ``build_sinks(cfg)`` the sinks.
+* ``run_config(cfg)`` runs the pipeline; SIGTERM/SIGINT stop fetching, drain, flush every open
+  window to the sinks, commit and return (DESIGN.md §7). Infrastructure failure propagates as
+  ``InfrastructureError`` for the CLI to turn into a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from typing import Any
+
+from detector.config import (
+    DetectorConfig,
+    FileSourceConfig,
+    KafkaSourceConfig,
+    SimulateSourceConfig,
+    StdinSourceConfig,
+)
+from detector.deadletters import DeadLetters
+from detector.pipeline import Pipeline, PipelineStats, WindowSink, settings_from_config
+from detector.sources import Source, StaticAttrs
+
+
+def build_sources(cfg: DetectorConfig) -> list[Source]:
+    max_bytes = cfg.dead_letters.max_record_bytes
+    out: list[Source] = []
+    for sc in cfg.sources:
+        if isinstance(sc, FileSourceConfig):
+            from detector.sources.file import FileSource
+
+            out.append(
+                FileSource(
+                    sc.paths,
+                    fmt=sc.format,
+                    static=StaticAttrs(cluster=sc.cluster, namespace=sc.namespace),
+                    follow=sc.follow,
+                    poll_interval_s=sc.poll_interval_s,
+                    batch_lines=sc.batch_lines,
+                    max_record_bytes=max_bytes,
+                    name=sc.name,
+                )
+            )
+        elif isinstance(sc, StdinSourceConfig):
+            from detector.sources.stdin import StdinSource
+
+            out.append(
+                StdinSource(
+                    fmt=sc.format,
+                    static=StaticAttrs(cluster=sc.cluster, namespace=sc.namespace),
+                    batch_lines=sc.batch_lines,
+                    max_record_bytes=max_bytes,
+                    name=sc.name,
+                )
+            )
+        elif isinstance(sc, SimulateSourceConfig):
+            from detector.sources.simulate import source_from_config
+
+            out.append(source_from_config(sc))
+        elif isinstance(sc, KafkaSourceConfig):
+            from detector.sources.kafka import KafkaSource
+
+            out.append(KafkaSource(sc))
+    return out
+
+
+def build_sinks(cfg: DetectorConfig) -> list[WindowSink]:
+    sinks: list[WindowSink] = []
+    if cfg.sinks.console.enabled:
+        from detector.sinks.console import ConsoleSink
+
+        sinks.append(ConsoleSink(top_edges=cfg.sinks.console.top_edges))
+    if cfg.sinks.windows_jsonl.path:
+        from detector.sinks.jsonl import JsonlSink
+
+        sinks.append(JsonlSink(cfg.sinks.windows_jsonl.path))
+    return sinks
+
+
+def build_pipeline(cfg: DetectorConfig, sinks: list[WindowSink] | None = None) -> Pipeline:
+    dl = cfg.dead_letters
+    return Pipeline(
+        settings_from_config(cfg),
+        sinks=build_sinks(cfg) if sinks is None else sinks,
+        dead_letters=DeadLetters(dl.path, dl.max_records, dl.max_file_bytes, dl.keep_bytes),
+    )
+
+
+async def run_pipeline(pipeline: Pipeline, sources: list[Source]) -> PipelineStats:
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, pipeline.stop)
+            installed.append(sig)
+    try:
+        return await pipeline.run(sources)
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        for sink in pipeline.sinks:
+            with contextlib.suppress(Exception):
+                await sink.close()
+        pipeline.dead_letters.close()
+
+
+def run_config(cfg: DetectorConfig, **kwargs: Any) -> tuple[Pipeline, PipelineStats]:
+    pipeline = build_pipeline(cfg, **kwargs)
+    sources = build_sources(cfg)
+    stats = asyncio.run(run_pipeline(pipeline, sources))
+    return pipeline, stats
+
+
+def print_summary(p: Pipeline, stats: PipelineStats, out: Any = None) -> None:
+    out = out or sys.stderr
+    agg = p.aggregator.stats
+    bad = ", ".join(f"{k} {v}" for k, v in sorted(stats.bad_by_reason.items())) or "none"
+    print(
+        f"detector: {stats.units} units -> {stats.records} records in {stats.elapsed_s:.1f}s "
+        f"({stats.units_per_s:,.0f} units/s); {stats.edge_windows} edge windows in "
+        f"{stats.windows_closed} windows; late {agg.late}; overflow {agg.overflow}; "
+        f"bad {stats.bad_units} ({bad})",
+        file=out,
+    )
