@@ -416,7 +416,7 @@ class WindowAggregator:
             )
             acc = cur_edges.get(key)
             if acc is None:
-                if self._open_edges >= self.max_open_edges:
+                if self._open_edges >= self.max_open_edges - 1:  # one slot kept for overflow
                     stats.overflow += 1
                     key = (OVERFLOW, OVERFLOW, "", OVERFLOW, OVERFLOW)
                     acc = cur_edges.get(key)
