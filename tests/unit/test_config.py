@@ -1,0 +1,89 @@
+"""Config loading: strict validation, one-line errors, env substitution, the embedded default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from detector.config import default_config, load_config, parse_config
+from detector.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_minimal_file_config(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, """
+sources:
+  - type: file
+    paths: [a.log, b.log.gz]
+    format: envoy_json
+    cluster: prod-eu
+resolution:
+  trust_domains: {cluster.local: prod-eu}
+  cidrs: {"10.8.0.0/16": prod-us}
+aggregation: {window_s: 30}
+"""))
+    src = cfg.sources[0]
+    assert src.type == "file" and src.paths == ["a.log", "b.log.gz"]
+    assert cfg.aggregation.window_s == 30 and cfg.aggregation.allowed_lateness_s == 30
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("sources: [{type: file, paths: [a], formatt: auto}]", "sources[0].formatt: unknown key"),
+        ("sources: [{type: file, paths: [a]}]\naggregation: {window: 5}",
+         "aggregation.window: unknown key"),
+        ("sources: [{type: file, paths: [a], format: nginx}]", "unknown format 'nginx'"),
+        ("sources: [{type: carrier-pigeon}]", "sources[0]"),
+        ("sources: []", "sources"),
+        ("sources: [{type: file, paths: [a]}]\naggregation: {window_s: -1}", "window_s"),
+        ("sources: [{type: file, paths: [a]}]\nresolution: {cidrs: {'10.0.0.0/33': x}}",
+         "bad CIDR"),
+        ("sources: [{type: file, paths: [a]}, {type: file, paths: [b]}]", "unique"),
+        ("- just a list", "mapping"),
+        ("sources: [\n  {type: file", "not valid YAML"),
+    ],
+)
+def test_errors_are_one_readable_line(tmp_path: Path, text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    msg = str(e.value)
+    assert fragment in msg
+    assert "\n" not in msg and "Traceback" not in msg and len(msg) < 400
+
+
+def test_env_substitution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DET_TEST_CLUSTER", "from-env")
+    cfg = load_config(write(tmp_path, """
+sources: [{type: file, paths: [a], cluster: "${env:DET_TEST_CLUSTER}",
+           namespace: "${env:DET_TEST_UNSET:-fallback}"}]
+"""))
+    assert cfg.sources[0].cluster == "from-env"
+    assert cfg.sources[0].namespace == "fallback"
+    with pytest.raises(ConfigError, match="DET_TEST_MISSING is not set"):
+        load_config(write(tmp_path, "sources: [{type: file, paths: ['${env:DET_TEST_MISSING}']}]"))
+
+
+def test_missing_file_is_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_kafka_source_rejects_typos_and_passes_security_options() -> None:
+    base = {"type": "kafka", "bootstrap_servers": "127.0.0.1:9092", "group_id": "g",
+            "topics": [{"name": "istio-eu", "format": "envoy_json", "cluster": "eu"}]}
+    cfg = parse_config({"sources": [base]})
+    assert cfg.sources[0].type == "kafka"
+    with pytest.raises(ConfigError, match="unknown key"):
+        parse_config({"sources": [{**base, "bootstrap_server": "x"}]})
+
+
+def test_default_config_is_the_embedded_demo() -> None:
+    cfg = default_config()
+    assert [s.type for s in cfg.sources] == ["simulate"]
