@@ -212,6 +212,7 @@ class _Acc:
         "durations",
         "error",
         "first_ts",
+        "ip_failures",
         "last_ts",
         "ok",
         "requests",
@@ -233,6 +234,7 @@ class _Acc:
         self.durations: list[float] = []
         self.routes: dict[tuple[str | None, str | None], int] = {}
         self.src_ips: set[str] = set()
+        self.ip_failures: dict[str, int] = {}  # denied/unauthenticated per source address
         self.first_ts = ts
         self.last_ts = ts
 
@@ -262,6 +264,7 @@ class EdgeWindow:
     latency_p99_ms: float | None
     routes: Mapping[str, int] = field(default_factory=dict)  # "METHOD template" -> count
     src_ips: tuple[str, ...] = ()
+    failures_by_ip: Mapping[str, int] = field(default_factory=dict)  # denied+unauthenticated
     first_seen: float = 0.0
     last_seen: float = 0.0
 
@@ -435,10 +438,18 @@ class WindowAggregator:
                 acc.ok += 1
             elif outcome == ERROR:
                 acc.error += 1
-            elif outcome == DENIED:
-                acc.denied += 1
-            elif outcome == UNAUTHENTICATED:
-                acc.unauthenticated += 1
+            elif outcome in (DENIED, UNAUTHENTICATED):
+                if outcome == DENIED:
+                    acc.denied += 1
+                else:
+                    acc.unauthenticated += 1
+                fip = r.src_ip
+                if fip is not None:
+                    fails = acc.ip_failures
+                    if fip in fails:
+                        fails[fip] += 1
+                    elif len(fails) < MAX_SRC_IPS:
+                        fails[fip] = 1
             acc.bytes_in += r.bytes_in
             acc.bytes_out += r.bytes_out
             d = r.duration_ms
@@ -573,6 +584,7 @@ def _materialise(w: float, ws: float, key: EdgeKey, acc: _Acc) -> EdgeWindow:
         latency_p99_ms=p99,
         routes=routes,
         src_ips=tuple(sorted(acc.src_ips)),
+        failures_by_ip=acc.ip_failures,
         first_seen=acc.first_ts,
         last_seen=acc.last_ts,
     )
