@@ -1,0 +1,148 @@
+"""Multivariate: an IsolationForest over edge-window feature vectors, fitted offline.
+
+The model keeps a bounded, uniformly sampled reservoir of training rows (``FEATURES`` of
+``baselines.features``) and fits scikit-learn's IsolationForest on it with a fixed random state.
+Its state is the reservoir and the parameters, not a pickle: loading refits the forest, which
+is deterministic for the same rows, parameters and library version (the artifact manifest
+records the version and refuses a mismatch). Raw p-values are the share of training rows that
+scored at least as anomalous, so the model is calibrated on its own training distribution.
+
+It only scores edges with at least ``min_requests`` in the window, and its smallest possible p is
+1/(n+1): on its own it rarely crosses the finding threshold; it corroborates the other models
+in fusion, naming the features that drove its score.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from sklearn.ensemble import IsolationForest
+
+from detector.anomalies import Anomaly, Subject
+from detector.baselines.features import FEATURES, WindowBatch
+from detector.flows import OVERFLOW
+
+
+class MultivariateModel:
+    name = "multivariate"
+
+    def __init__(
+        self,
+        n_estimators: int = 100,
+        max_samples: int = 256,
+        reservoir_size: int = 20_000,
+        min_requests: int = 5,
+        random_state: int = 0,
+    ) -> None:
+        self.n_estimators = n_estimators
+        self.max_samples = max_samples
+        self.reservoir_size = reservoir_size
+        self.min_requests = min_requests
+        self.random_state = random_state
+        self.rows_: list[list[float]] = []
+        self.seen_ = 0
+        self.forest_: IsolationForest | None = None
+        self.train_scores_: np.ndarray = np.zeros(0)
+        self.mean_: np.ndarray = np.zeros(len(FEATURES))
+        self.std_: np.ndarray = np.ones(len(FEATURES))
+        self._rng = np.random.default_rng(random_state)
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            "n_estimators": self.n_estimators,
+            "max_samples": self.max_samples,
+            "reservoir_size": self.reservoir_size,
+            "min_requests": self.min_requests,
+            "random_state": self.random_state,
+        }
+
+    def learn(self, batch: WindowBatch) -> None:
+        m = batch.matrix
+        for i, w in enumerate(batch.windows):
+            if w.total < self.min_requests or w.src_principal == OVERFLOW:
+                continue
+            self.seen_ += 1
+            row = m[i].tolist()
+            if len(self.rows_) < self.reservoir_size:
+                self.rows_.append(row)
+            else:  # reservoir sampling: every row seen has the same chance to be kept
+                j = int(self._rng.integers(0, self.seen_))
+                if j < self.reservoir_size:
+                    self.rows_[j] = row
+
+    def fit(self) -> None:
+        """(Re)fit the forest on the reservoir; called at the end of training and on load."""
+        if len(self.rows_) < 50:
+            self.forest_ = None
+            return
+        x = np.asarray(self.rows_, dtype=np.float64)
+        self.forest_ = IsolationForest(
+            n_estimators=self.n_estimators,
+            max_samples=min(self.max_samples, len(x)),
+            random_state=self.random_state,
+        ).fit(x)
+        self.train_scores_ = np.sort(-self.forest_.score_samples(x))
+        self.mean_ = x.mean(axis=0)
+        self.std_ = np.maximum(x.std(axis=0), 1e-3)
+
+    def score(self, batch: WindowBatch) -> list[Anomaly]:
+        if self.forest_ is None:
+            return []
+        idx = [
+            i
+            for i, w in enumerate(batch.windows)
+            if w.total >= self.min_requests and w.src_principal != OVERFLOW
+        ]
+        if not idx:
+            return []
+        x = batch.matrix[idx]
+        s = -self.forest_.score_samples(x)
+        n = len(self.train_scores_)
+        # share of training rows at least as anomalous (calibrated on the training set)
+        exceed = n - np.searchsorted(self.train_scores_, s, side="left")
+        p = (exceed + 1) / (n + 1)
+        out: list[Anomaly] = []
+        for k in np.nonzero(p <= 0.01)[0]:
+            w = batch.windows[idx[k]]
+            z = (x[k] - self.mean_) / self.std_
+            order = np.argsort(-np.abs(z))[:3]
+            total = float(np.abs(z[order]).sum()) or 1.0
+            out.append(
+                Anomaly(
+                    finding_type="multivariate_outlier",
+                    pattern="OUTLIER",
+                    subject=Subject(
+                        principal=w.src_principal,
+                        src_cluster=w.src_cluster,
+                        dst_service=w.dst_service,
+                        dst_namespace=w.dst_namespace,
+                        dst_cluster=w.dst_cluster,
+                    ),
+                    window_start=batch.window_start,
+                    window_end=batch.window_end,
+                    model=self.name,
+                    feature="isolation_score",
+                    observed=round(float(s[k]), 4),
+                    expected=round(float(np.median(self.train_scores_)), 4),
+                    p_value=float(p[k]),
+                    baseline={
+                        "description": f"IsolationForest over {n} training edge-windows",
+                        "features": list(FEATURES),
+                    },
+                    contributions=tuple(
+                        (FEATURES[j], round(abs(float(z[j])) / total, 3)) for j in order
+                    ),
+                    evidence={FEATURES[j]: round(float(x[k, j]), 3) for j in order},
+                    confidence=0.4,
+                )
+            )
+        return out
+
+    def get_state(self) -> dict[str, Any]:
+        return {"rows": self.rows_, "seen": self.seen_}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.rows_ = [list(r) for r in state["rows"]]
+        self.seen_ = int(state["seen"])
+        self.fit()

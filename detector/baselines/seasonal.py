@@ -1,0 +1,474 @@
+"""Seasonal per-edge profiles: requests, errors, bytes and latency against hour-of-day baselines.
+
+Per edge and hour of day the model keeps sums and sums of squares of the window counts
+(windows where the edge was silent count as zeros: the number of learned windows per hour is
+global), and running log-moments of bytes per request and of the p90 latency.
+
+Scoring, for one window time:
+* expected count ``mu = (sum_h + k * mean_e * profile_h) / (n_h + k)``: the edge's own hour
+  cell shrunk towards its overall mean shaped by the mesh-wide hourly profile (sparse edges
+  borrow strength); dispersion from the edge's own cells (negative binomial, never below
+  ``min_dispersion``); tail probabilities of counts, not z-scores of sparse data:
+  ``SURGE`` = P(X >= x), ``DROP`` = P(X <= x);
+* bytes out/in: log-normal tail of the window total around ``mu_requests * bytes_per_request``;
+* latency p90: log-normal tail against the edge's own history.
+* Global context first: when most known edges move the same way (ratio of observed to
+  expected requests over all edges beyond ``global_ratio``), one ``global_shift`` anomaly is
+  raised and every expectation is rescaled by that ratio, so a mesh-wide surge is one event,
+  not a finding per edge, while an edge that moved far more than the rest still stands out.
+
+Finding types: requests SURGE -> ``rate_surge`` (security) unless the edge is failing (retry
+storms during an outage are ``availability``); bytes out SURGE -> ``exfiltration``; errors SURGE
+-> ``availability``; latency SURGE -> ``latency``; requests DROP -> ``traffic_drop``.
+Minimum effect sizes (``min_ratio``, ``min_excess``) keep tiny absolute changes quiet.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from detector.anomalies import Anomaly, Subject
+from detector.baselines.features import WindowBatch, edge_key
+from detector.flows import OVERFLOW, EdgeWindow
+
+REQ, ERR = 0, 1
+_SQRT2 = math.sqrt(2.0)
+
+
+class _Edge:
+    """Learned state of one edge."""
+
+    __slots__ = ("b_in", "b_out", "lat", "s", "ss")
+
+    def __init__(self) -> None:
+        self.s = np.zeros((2, 24))  # requests, errors per hour
+        self.ss = np.zeros((2, 24))
+        self.b_out = [0.0, 0.0, 0.0]  # n, sum, sumsq of log1p(bytes_out / request)
+        self.b_in = [0.0, 0.0, 0.0]
+        self.lat = [0.0, 0.0, 0.0]  # of log1p(p90 ms)
+
+
+def _moments(m: list[float], floor: float) -> tuple[float, float]:
+    n, s, ss = m
+    mean = s / n
+    var = max(ss / n - mean * mean, 0.0)
+    return mean, max(math.sqrt(var), floor)
+
+
+def _add(m: list[float], x: float) -> None:
+    m[0] += 1
+    m[1] += x
+    m[2] += x * x
+
+
+def nb_sf(x: float, mu: float, alpha: float) -> float:
+    """P(X >= x) for a negative binomial with mean ``mu`` and var ``mu + alpha mu^2``."""
+    if x <= 0:
+        return 1.0
+    r = 1.0 / alpha
+    p = r / (r + mu)
+    return float(stats.nbinom.sf(x - 1, r, p))
+
+
+def nb_cdf(x: float, mu: float, alpha: float) -> float:
+    r = 1.0 / alpha
+    return float(stats.nbinom.cdf(x, r, r / (r + mu)))
+
+
+def normal_sf(z: float) -> float:
+    return 0.5 * math.erfc(z / _SQRT2)
+
+
+class SeasonalModel:
+    name = "seasonal"
+
+    def __init__(
+        self,
+        prior_windows: float = 3.0,
+        min_dispersion: float = 0.1,
+        min_ratio: float = 2.0,
+        min_excess: float = 10.0,
+        min_bytes_excess: float = 100_000.0,
+        min_history_windows: int = 30,
+        global_ratio: float = 1.6,
+        global_min_edges: int = 8,
+        global_share: float = 0.6,
+        drop_min_expected: float = 20.0,
+    ) -> None:
+        self.prior_windows = prior_windows
+        self.min_dispersion = min_dispersion
+        self.min_ratio = min_ratio
+        self.min_excess = min_excess
+        self.min_bytes_excess = min_bytes_excess
+        self.min_history_windows = min_history_windows
+        self.global_ratio = global_ratio
+        self.global_min_edges = global_min_edges
+        self.global_share = global_share
+        self.drop_min_expected = drop_min_expected
+        self.edges_: dict[str, _Edge] = {}
+        self.n_h_ = np.zeros(24)  # learned windows per hour of day
+        self.g_h_ = np.zeros(24)  # mesh-wide requests per hour of day
+
+    def get_params(self) -> dict[str, Any]:
+        return {
+            k: getattr(self, k)
+            for k in (
+                "prior_windows",
+                "min_dispersion",
+                "min_ratio",
+                "min_excess",
+                "min_bytes_excess",
+                "min_history_windows",
+                "global_ratio",
+                "global_min_edges",
+                "global_share",
+                "drop_min_expected",
+            )
+        }
+
+    # -- learning ----------------------------------------------------------------------------
+
+    def learn(self, batch: WindowBatch) -> None:
+        h = batch.hour
+        self.n_h_[h] += 1
+        for w, key in zip(batch.windows, batch.keys, strict=True):
+            if w.src_principal == OVERFLOW:
+                continue
+            e = self.edges_.get(key)
+            if e is None:
+                e = self.edges_[key] = _Edge()
+            x = float(w.total)
+            e.s[REQ, h] += x
+            e.ss[REQ, h] += x * x
+            e.s[ERR, h] += w.errors
+            e.ss[ERR, h] += w.errors * w.errors
+            if w.total:
+                _add(e.b_out, math.log1p(w.bytes_out / w.total))
+                _add(e.b_in, math.log1p(w.bytes_in / w.total))
+            if w.latency_p90_ms is not None:
+                _add(e.lat, math.log1p(w.latency_p90_ms))
+            self.g_h_[h] += x
+
+    # -- expectations ------------------------------------------------------------------------
+
+    def _profile(self, h: int) -> float:
+        n = self.n_h_.sum()
+        if n == 0 or self.n_h_[h] == 0:
+            return 1.0
+        overall = self.g_h_.sum() / n
+        return float((self.g_h_[h] / self.n_h_[h]) / overall) if overall > 0 else 1.0
+
+    def expected(self, e: _Edge, f: int, h: int) -> tuple[float, float]:
+        """(mean, dispersion alpha) of feature ``f`` for edge ``e`` at hour ``h``."""
+        n_h = self.n_h_
+        total_n = n_h.sum()
+        mean_e = e.s[f].sum() / total_n if total_n else 0.0
+        k = self.prior_windows
+        mu = (e.s[f, h] + k * mean_e * self._profile(h)) / (n_h[h] + k)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            m = e.s[f] / n_h
+            var = e.ss[f] / n_h - m * m
+            alpha_cells = (var - m) / (m * m)
+        good = np.isfinite(alpha_cells) & (n_h >= 3) & (m > 0)
+        alpha = float(np.median(alpha_cells[good])) if good.any() else 1.0
+        return float(mu), min(max(alpha, self.min_dispersion), 10.0)
+
+    def global_factor(self, batch: WindowBatch) -> tuple[float, int, int]:
+        """(observed/expected requests over known edges, edges moving with it, known edges)."""
+        h = batch.hour
+        obs = exp = 0.0
+        ratios = []
+        for w, key in zip(batch.windows, batch.keys, strict=True):
+            e = self.edges_.get(key)
+            if e is None or w.src_principal == OVERFLOW:
+                continue
+            mu, _ = self.expected(e, REQ, h)
+            if mu < 1.0:
+                continue
+            obs += w.total
+            exp += mu
+            ratios.append(w.total / mu)
+        if exp <= 0 or len(ratios) < self.global_min_edges:
+            return 1.0, 0, len(ratios)
+        g = obs / exp
+        moving = sum(1 for r in ratios if (r > 1.2 if g > 1 else r < 1 / 1.2))
+        return g, moving, len(ratios)
+
+    # -- scoring -----------------------------------------------------------------------------
+
+    def score(self, batch: WindowBatch) -> list[Anomaly]:
+        out: list[Anomaly] = []
+        h = batch.hour
+        start, end = batch.window_start, batch.window_end
+        g, moving, known = self.global_factor(batch)
+        shifted = (g >= self.global_ratio or g <= 1 / self.global_ratio) and (
+            moving >= self.global_share * known
+        )
+        scale = g if shifted else 1.0
+        if shifted:
+            out.append(
+                Anomaly(
+                    finding_type="global_shift",
+                    pattern="GLOBAL_SHIFT",
+                    subject=Subject(),
+                    window_start=start,
+                    window_end=end,
+                    model=self.name,
+                    feature="requests_ratio",
+                    observed=round(g, 3),
+                    expected=1.0,
+                    p_value=1e-6,
+                    baseline={
+                        "description": "sum of expected requests over known edges",
+                        "edges_moving": moving,
+                        "edges_known": known,
+                    },
+                    evidence={"detail": f"x{g:.1f} on {moving} of {known} edges"},
+                    confidence=min(1.0, moving / max(known, 1)),
+                )
+            )
+        seen: set[str] = set()
+        for w, key in zip(batch.windows, batch.keys, strict=True):
+            seen.add(key)
+            e = self.edges_.get(key)
+            if e is None or w.src_principal == OVERFLOW:
+                continue
+            if e.b_out[0] < self.min_history_windows:
+                continue
+            self._score_edge(w, e, h, scale, start, end, out)
+        if self.drop_min_expected > 0:
+            self._score_silent(seen, h, scale, start, end, out)
+        return out
+
+    def _subject(self, w: EdgeWindow) -> Subject:
+        return Subject(
+            principal=w.src_principal,
+            src_cluster=w.src_cluster,
+            dst_service=w.dst_service,
+            dst_namespace=w.dst_namespace,
+            dst_cluster=w.dst_cluster,
+        )
+
+    def _score_edge(
+        self,
+        w: EdgeWindow,
+        e: _Edge,
+        h: int,
+        scale: float,
+        start: float,
+        end: float,
+        out: list[Anomaly],
+    ) -> None:
+        x = float(w.total)
+        mu, alpha = self.expected(e, REQ, h)
+        mu *= scale
+        base = {
+            "hour_utc": h,
+            "windows_learned": int(self.n_h_.sum()),
+            "windows_at_hour": int(self.n_h_[h]),
+            "global_scale": round(scale, 3),
+        }
+        failing = w.errors > 0.3 * max(x, 1)
+        if x >= max(self.min_ratio * mu, mu + self.min_excess):
+            p = nb_sf(x, mu, alpha)
+            out.append(
+                self._anomaly(
+                    "availability" if failing else "rate_surge",
+                    "SURGE",
+                    w,
+                    "requests",
+                    x,
+                    mu,
+                    p,
+                    {
+                        **base,
+                        "description": f"seasonal requests per window at {h:02d}:00 UTC",
+                        "dispersion": round(alpha, 3),
+                    },
+                    start,
+                    end,
+                )
+            )
+        elif mu >= self.drop_min_expected and x <= mu / 4:
+            p = nb_cdf(x, mu, alpha)
+            out.append(
+                self._anomaly(
+                    "traffic_drop",
+                    "DROP",
+                    w,
+                    "requests",
+                    x,
+                    mu,
+                    p,
+                    {**base, "description": f"seasonal requests per window at {h:02d}:00 UTC"},
+                    start,
+                    end,
+                )
+            )
+        # errors
+        err = float(w.errors)
+        mu_e, alpha_e = self.expected(e, ERR, h)
+        mu_e = mu_e * scale
+        if err >= max(self.min_ratio * mu_e, mu_e + self.min_excess):
+            out.append(
+                self._anomaly(
+                    "availability",
+                    "SURGE",
+                    w,
+                    "errors",
+                    err,
+                    mu_e,
+                    nb_sf(err, mu_e, alpha_e),
+                    {**base, "description": f"seasonal errors per window at {h:02d}:00 UTC"},
+                    start,
+                    end,
+                )
+            )
+        # bytes out (exfiltration) and in, around the expected requests x bytes per request
+        for feature, m in (("bytes_out", e.b_out), ("bytes_in", e.b_in)):
+            observed = float(w.bytes_out if feature == "bytes_out" else w.bytes_in)
+            mean, sd = _moments(m, 0.25)
+            per_req = math.expm1(mean)
+            expected = max(mu, 1.0) * per_req
+            if observed - expected < self.min_bytes_excess or observed < self.min_ratio * expected:
+                continue
+            # log-normal around the expectation; a few requests add Poisson noise in log space
+            sd_tot = math.sqrt(sd * sd + 1.0 / max(mu, 1.0))
+            z = (math.log1p(observed) - math.log1p(expected)) / sd_tot
+            if feature == "bytes_out":
+                out.append(
+                    self._anomaly(
+                        "exfiltration",
+                        "SURGE",
+                        w,
+                        feature,
+                        observed,
+                        expected,
+                        normal_sf(z),
+                        {
+                            **base,
+                            "description": "requests expected at this hour x bytes per request "
+                            f"({per_req:.0f} B, log-sd {sd:.2f})",
+                        },
+                        start,
+                        end,
+                    )
+                )
+        # latency p90
+        if w.latency_p90_ms is not None and e.lat[0] >= self.min_history_windows:
+            mean, sd = _moments(e.lat, 0.2)
+            z = (math.log1p(w.latency_p90_ms) - mean) / sd
+            if z > 3 and w.latency_p90_ms > 2 * math.expm1(mean):
+                out.append(
+                    self._anomaly(
+                        "latency",
+                        "SURGE",
+                        w,
+                        "latency_p90_ms",
+                        w.latency_p90_ms,
+                        math.expm1(mean),
+                        normal_sf(z),
+                        {**base, "description": "p90 latency of this edge"},
+                        start,
+                        end,
+                    )
+                )
+
+    def _score_silent(
+        self, seen: set[str], h: int, scale: float, start: float, end: float, out: list[Anomaly]
+    ) -> None:
+        """Busy edges that went silent: only edges expecting many requests can tell."""
+        n_h = self.n_h_[h]
+        if n_h < 3:
+            return
+        for key, e in self.edges_.items():
+            if key in seen or e.s[REQ, h] / n_h < self.drop_min_expected:
+                continue
+            mu, alpha = self.expected(e, REQ, h)
+            mu *= scale
+            if mu < self.drop_min_expected:
+                continue
+            caller, cl, ns, svc, dcl = key.split("|")
+            out.append(
+                Anomaly(
+                    finding_type="traffic_drop",
+                    pattern="DROP",
+                    subject=Subject(caller, cl, None, svc, ns, dcl),
+                    window_start=start,
+                    window_end=end,
+                    model=self.name,
+                    feature="requests",
+                    observed=0.0,
+                    expected=round(mu, 2),
+                    p_value=nb_cdf(0, mu, alpha),
+                    baseline={"description": f"seasonal requests per window at {h:02d}:00 UTC"},
+                    confidence=0.5,
+                )
+            )
+
+    def _anomaly(
+        self,
+        ftype: str,
+        pattern: str,
+        w: EdgeWindow,
+        feature: str,
+        observed: float,
+        expected: float,
+        p: float,
+        baseline: dict[str, Any],
+        start: float,
+        end: float,
+    ) -> Anomaly:
+        ratio = observed / expected if expected > 0 else float("inf")
+        return Anomaly(
+            finding_type=ftype,
+            pattern=pattern,
+            subject=self._subject(w),
+            window_start=start,
+            window_end=end,
+            model=self.name,
+            feature=feature,
+            observed=round(observed, 3),
+            expected=round(expected, 3),
+            p_value=p,
+            baseline=baseline,
+            contributions=((feature, 1.0),),
+            evidence={
+                "ratio": round(ratio, 2) if math.isfinite(ratio) else None,
+                "requests": w.total,
+                "errors": w.errors,
+                "bytes_out": w.bytes_out,
+                "routes": dict(sorted(w.routes.items(), key=lambda kv: -kv[1])[:5]),
+            },
+            confidence=0.7,
+        )
+
+    # -- state -------------------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        return {
+            "n_h": self.n_h_.tolist(),
+            "g_h": self.g_h_.tolist(),
+            "edges": {
+                k: [e.s.tolist(), e.ss.tolist(), e.b_out, e.b_in, e.lat]
+                for k, e in self.edges_.items()
+            },
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.n_h_ = np.asarray(state["n_h"], dtype=np.float64)
+        self.g_h_ = np.asarray(state["g_h"], dtype=np.float64)
+        self.edges_ = {}
+        for k, (s, ss, b_out, b_in, lat) in state["edges"].items():
+            e = _Edge()
+            e.s = np.asarray(s, dtype=np.float64)
+            e.ss = np.asarray(ss, dtype=np.float64)
+            e.b_out, e.b_in, e.lat = list(b_out), list(b_in), list(lat)
+            self.edges_[k] = e
+
+
+__all__ = ["SeasonalModel", "edge_key", "nb_cdf", "nb_sf", "normal_sf"]
