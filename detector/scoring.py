@@ -159,6 +159,7 @@ class Scorer:
         self.stats = ScorerStats()
         self.first_ts: float | None = None
         self.last_ts: float | None = None
+        self._fitted = False
 
     # -- the loop ----------------------------------------------------------------------------
 
@@ -184,25 +185,30 @@ class Scorer:
             self._learn_unflagged(batch, emitted)
         return emitted
 
-    def fit(self, windows_by_time: Iterable[Sequence[EdgeWindow]], split_ts: float) -> None:
-        """Train: learn before ``split_ts``; after it, score raw to calibrate, then learn."""
-        fitted = False
-        for windows in windows_by_time:
-            for batch in _batches(windows):
-                self._note_time(batch)
-                if batch.window_start < split_ts:
-                    self._learn(batch, set(), set())
-                    continue
-                if not fitted:
-                    self._fit_offline()
-                    fitted = True
-                raw = self._score_raw(batch)
-                for m in self.models:
-                    ps = [a.p_value for a in raw if a.model == m.name]
-                    self.calibrators[m.name].observe(ps, len(batch.windows))
-                flagged = [a for a in self._fuse(raw) if self.thresholds.passes(a)]
-                self._learn_unflagged(batch, flagged)
+    def train(self, windows: Sequence[EdgeWindow], split_ts: float) -> None:
+        """Training step: learn before ``split_ts``; after it, score raw (to calibrate) first.
+
+        Call with windows in event-time order, then ``finish_training()`` once.
+        """
+        for batch in _batches(windows):
+            self._note_time(batch)
+            if batch.window_start < split_ts:
+                self._learn(batch, set(), set())
+                continue
+            if not self._fitted:
+                self._fit_offline()
+                self._fitted = True
+            raw = self._score_raw(batch)
+            for m in self.models:
+                ps = [a.p_value for a in raw if a.model == m.name]
+                self.calibrators[m.name].observe(ps, len(batch.windows))
+            flagged = [a for a in self._fuse(raw) if self.thresholds.passes(a)]
+            self.stats.anomalies_emitted += len(flagged)
+            self._learn_unflagged(batch, flagged)
+
+    def finish_training(self) -> None:
         self._fit_offline()
+        self._fitted = True
 
     # -- steps -------------------------------------------------------------------------------
 
@@ -321,6 +327,7 @@ class Scorer:
             calibrators[name] = c
         scorer = cls(models, calibrators=calibrators, **kwargs)
         scorer.first_ts, scorer.last_ts = state.get("span", [None, None])
+        scorer._fitted = True
         return scorer
 
 

@@ -34,7 +34,7 @@ def open_maybe_gzip(path: str | Path) -> IO[bytes]:
     magic = fh.read(2)
     fh.seek(0)
     if magic == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=fh, mode="rb")
+        return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
     return fh
 
 
