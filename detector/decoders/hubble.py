@@ -34,7 +34,10 @@ What one flow becomes (chosen so one connection / one request is counted once):
 Identity: Cilium flows carry no SPIFFE id and the trust domain is not in the flow, so
 ``src_principal`` stays ``None`` (the aggregator then keys the caller by workload).
 ``*_workload`` is ``workloads[0].name`` when present, else the pod name without its ReplicaSet /
-pod hash suffixes (``ratings-v1-b6994bb9-jgqxb`` -> ``ratings-v1``). The service-account label
+pod hash suffixes (``ratings-v1-b6994bb9-jgqxb`` -> ``ratings-v1``), else (endpoints on other
+nodes carry only identity labels) the ``app`` / ``app.kubernetes.io/name`` label, else a Cilium
+reserved identity label (``reserved:host``, ``reserved:world``). The namespace falls back to the
+``k8s:io.kubernetes.pod.namespace`` label the same way. The service-account label
 (``k8s:io.cilium.k8s.policy.serviceaccount``) is not turned into a SPIFFE principal: that needs a
 trust domain the flow does not carry, and a guessed one would make Hubble callers look like
 mesh-authenticated ones. ``dst_service`` is ``destination_service.name``, else the first of
@@ -65,6 +68,9 @@ from detector.records import (
 )
 
 _CLUSTER_LABEL: Final = "k8s:io.cilium.k8s.policy.cluster="
+_NS_LABEL: Final = "k8s:io.kubernetes.pod.namespace="
+_APP_LABEL: Final = "k8s:app="
+_APP_NAME_LABEL: Final = "k8s:app.kubernetes.io/name="
 _POLICY_VERDICT: Final = 5
 _DENY_REASONS: Final = frozenset({"POLICY_DENIED", "POLICY_DENY", "133", "181"})
 _AUTH_REASONS: Final = frozenset({"AUTH_REQUIRED", "189"})
@@ -144,28 +150,36 @@ def _int(v: Any) -> int | None:
 # -- endpoints ------------------------------------------------------------------------------------
 
 
-def _cluster(ep: dict[str, Any], default: str | None) -> str | None:
-    c = ep.get("cluster_name")
-    if isinstance(c, str) and c:
-        return c
-    labels = ep.get("labels")
-    if isinstance(labels, list):
-        for lab in labels:
-            if isinstance(lab, str) and lab.startswith(_CLUSTER_LABEL):
-                return lab[len(_CLUSTER_LABEL) :] or default
-    return default
-
-
-def _workload(ep: dict[str, Any]) -> str | None:
+def _endpoint(ep: dict[str, Any], default_cluster: str | None) -> tuple[str | None, ...]:
+    """(cluster, namespace, workload) of a Hubble endpoint; one pass over its labels."""
+    cluster = _str(ep.get("cluster_name"))
+    namespace = _str(ep.get("namespace"))
+    workload: str | None = None
     wls = ep.get("workloads")
     if isinstance(wls, list) and wls and isinstance(wls[0], dict):
-        name = wls[0].get("name")
-        if isinstance(name, str) and name:
-            return name
-    pod = ep.get("pod_name")
-    if isinstance(pod, str) and pod:
-        return workload_from_pod(pod)
-    return None
+        workload = _str(wls[0].get("name"))
+    if workload is None:
+        pod = ep.get("pod_name")
+        if isinstance(pod, str) and pod:
+            workload = workload_from_pod(pod)
+    labels = ep.get("labels")
+    if isinstance(labels, list) and (cluster is None or namespace is None or workload is None):
+        app = reserved = None
+        for lab in labels:
+            if not isinstance(lab, str):
+                continue
+            if lab.startswith(_CLUSTER_LABEL):
+                cluster = cluster or lab[len(_CLUSTER_LABEL) :] or None
+            elif lab.startswith(_NS_LABEL):
+                namespace = namespace or lab[len(_NS_LABEL) :] or None
+            elif lab.startswith(_APP_LABEL) or lab.startswith(_APP_NAME_LABEL):
+                app = app or lab.split("=", 1)[1] or None
+            elif lab.startswith("reserved:"):
+                reserved = lab
+        # Endpoints on other nodes come with identity labels only (no pod name): the app label is
+        # the best workload name left; a Cilium reserved identity (host, world) names non-pods.
+        workload = workload or app or reserved
+    return cluster or default_cluster, namespace, workload
 
 
 def _str(v: Any) -> str | None:
@@ -304,8 +318,10 @@ def _flow_record(obj: Any, source: str | None, offset: int | None) -> FlowRecord
         dst_service = _str(svc.get("name"))
     if dst_service is None and isinstance(dst_names, list) and dst_names:
         dst_service = _str(dst_names[0])
+    src_cluster, src_ns, src_wl = _endpoint(src, node_cluster)
+    dst_cluster, dst_ns, dst_wl = _endpoint(dst, node_cluster)
     if dst_service is None:
-        dst_service = _workload(dst)
+        dst_service = dst_wl
 
     headers = None
     if l7 is not None and isinstance(l7.get("http"), dict):
@@ -316,12 +332,12 @@ def _flow_record(obj: Any, source: str | None, offset: int | None) -> FlowRecord
         ts=ts,
         kind=kind,
         src_principal=None,
-        src_cluster=_cluster(src, node_cluster),
-        src_namespace=_str(src.get("namespace")),
-        src_workload=_workload(src),
+        src_cluster=src_cluster,
+        src_namespace=src_ns,
+        src_workload=src_wl,
         src_ip=src_ip,
-        dst_cluster=_cluster(dst, node_cluster),
-        dst_namespace=_str(dst.get("namespace")),
+        dst_cluster=dst_cluster,
+        dst_namespace=dst_ns,
         dst_service=dst_service or dst_ip,
         dst_port=dport,
         method=method,

@@ -70,24 +70,25 @@ def _event_record(ev: Any, source: str | None, offset: int | None) -> FlowRecord
 
     if stage == "RequestReceived":
         return None
-    if stage == "ResponseStarted" and status not in (401, 101):
-        return None
-    if stage == "ResponseComplete" and status == 101:
-        return None
 
     user = ev.get("user")
     user = user if isinstance(user, dict) else {}
     username = user.get("username")
     principal = username if isinstance(username, str) and username else None
-
-    annotations = ev.get("annotations")
-    decision = annotations.get(_DECISION) if isinstance(annotations, dict) else None
     message = rs.get("message")
-    if status == 401 or (
+    failed_authn = status == 401 or (
         principal is None
         and isinstance(message, str)
         and message.startswith("Authentication failed")
-    ):
+    )
+    if stage == "ResponseStarted" and not failed_authn and status != 101:
+        return None
+    if stage == "ResponseComplete" and status == 101:
+        return None
+
+    annotations = ev.get("annotations")
+    decision = annotations.get(_DECISION) if isinstance(annotations, dict) else None
+    if failed_authn:
         outcome = UNAUTHENTICATED
     elif decision == "forbid" or status == 403:
         outcome = DENIED
