@@ -241,7 +241,7 @@ def _ts_of(v: object) -> float:
     raise DecodeError("bad_timestamp")
 
 
-def _ip(addr: str | None) -> str | None:
+def ip_of(addr: str | None) -> str | None:
     """IP of ``1.2.3.4:5``, ``[a::b]:5`` or a bare IP; None for unix sockets and unknowns."""
     if addr is None:
         return None
@@ -382,7 +382,7 @@ def _xff_peer(xff: str | None) -> str | None:
     if xff is None:
         return None
     ip = xff.rpartition(",")[2].strip()
-    return _ip(ip) if ip else None
+    return ip_of(ip) if ip else None
 
 
 def _route(path: str | None) -> str | None:
@@ -394,7 +394,7 @@ def _route(path: str | None) -> str | None:
     return path or None
 
 
-def _trace_id(v: str | None) -> str | None:
+def hex_id(v: str | None) -> str | None:
     """A trace id (hex, or a W3C ``traceparent``) as lower-case hex, else None."""
     if v is None:
         return None
@@ -474,7 +474,7 @@ def _build(
         None,
         spiffe_namespace(principal),
         None,
-        _ip(downstream_remote) if downstream_remote is not None else _xff_peer(xff),
+        ip_of(downstream_remote) if downstream_remote is not None else _xff_peer(xff),
         None,
         ns,
         svc,
@@ -766,13 +766,11 @@ def _extras(rec: FlowRecord, d: dict[str, Any], upstream_cluster: str | None) ->
         if cluster_id is not None:
             upd.setdefault("src_cluster", cluster_id)
     trace = (
-        _trace_id(_s(g("trace_id")))
-        or _trace_id(_s(g("traceparent")))
-        or _trace_id(_s(g("x_b3_traceid")))
+        hex_id(_s(g("trace_id"))) or hex_id(_s(g("traceparent"))) or hex_id(_s(g("x_b3_traceid")))
     )
     if trace is not None:
         upd["trace_id"] = trace
-    span = _trace_id(_s(g("span_id"))) or _trace_id(_s(g("x_b3_spanid")))
+    span = hex_id(_s(g("span_id"))) or hex_id(_s(g("x_b3_spanid")))
     if span is not None:
         upd["span_id"] = span
     return rec._replace(**upd) if upd else rec
