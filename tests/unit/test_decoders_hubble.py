@@ -189,9 +189,12 @@ def test_l7_auth_failures_bare_flows_and_uint64_strings() -> None:
         source=_flow()["destination"],
         destination=_flow()["source"],
         l4={"TCP": {"source_port": 8443, "destination_port": 40000}},
-        l7={"type": "RESPONSE", "latency_ns": "2500000", "http": {"code": 403, "method": "POST",
-                                                                     "url": "https://api/pay?x=1"}},
-    )  # fmt: skip
+        l7={
+            "type": "RESPONSE",
+            "latency_ns": "2500000",
+            "http": {"code": 403, "method": "POST", "url": "https://api/pay?x=1"},
+        },
+    )
     [r] = decode(orjson.dumps(resp))  # a bare flow, no wrapper
     assert r.kind == AUTH_FAILURE and r.outcome == DENIED and r.status == 403
     assert (r.src_cluster, r.src_workload, r.src_ip) == ("east", "web", "10.0.0.1")
@@ -201,8 +204,11 @@ def test_l7_auth_failures_bare_flows_and_uint64_strings() -> None:
     resp["l7"]["http"]["code"] = 401
     assert decode(orjson.dumps({"flow": resp}))[0].outcome == UNAUTHENTICATED
     # an L7 request denied by policy: no response will follow
-    denied = _flow(verdict="DROPPED", drop_reason_desc="POLICY_DENIED",
-                   l7={"type": "REQUEST", "http": {"method": "GET", "url": "/admin"}})  # fmt: skip
+    denied = _flow(
+        verdict="DROPPED",
+        drop_reason_desc="POLICY_DENIED",
+        l7={"type": "REQUEST", "http": {"method": "GET", "url": "/admin"}},
+    )
     [d] = decode(orjson.dumps({"flow": denied, "node_name": "east/n1"}))
     assert d.kind == AUTH_FAILURE and d.outcome == DENIED and d.route == "/admin"
     # a REQUEST that was forwarded is skipped (its RESPONSE counts it)
