@@ -559,6 +559,12 @@ _ACCESS_LOG_KEYS: Final = frozenset(
         "response_flags",
         "status",
         "client.id",
+        "bytes_received",
+        "bytes_sent",
+        "upstream_host",
+        "downstream_local_address",
+        "response_code_details",
+        "total_ns",
     }
 )
 
@@ -584,7 +590,7 @@ def _body_format(body: bytes) -> str | None:
 
 
 def _decode_body(
-    body: Any, attrs: Attrs, source: str | None, offset: int | None
+    body: Any, attrs: Attrs, time_ns: int, source: str | None, offset: int | None
 ) -> tuple[list[FlowRecord], bool]:
     """Access-log records from one log record's body/attributes; (records, was_json_object)."""
     from detector.decoders import get_decoder
@@ -606,6 +612,11 @@ def _decode_body(
         merged = dict(attrs)
         if obj is not None:
             merged.update(obj)
+        if _ACCESS_LOG_KEYS.isdisjoint(merged):
+            return [], True  # a structured application log, not an access log
+        if time_ns and merged.get("start_time") in (None, "", "-"):
+            # the access-log decoders need a time; the log record's is the next best
+            merged["start_time"] = time_ns
         data = orjson.dumps(merged, default=str)
         fmt = "linkerd" if "client.id" in merged or "total_ns" in merged else "envoy_json"
         return get_decoder(fmt)(data, source, offset), True
@@ -631,7 +642,7 @@ def _log_records(
     out: list[FlowRecord],
 ) -> None:
     try:
-        recs, was_json = _decode_body(body, attrs, source, offset)
+        recs, was_json = _decode_body(body, attrs, time_ns, source, offset)
     except PartialDecode as e:
         recs, was_json = e.records, False
         problems.extend(e.problems)
