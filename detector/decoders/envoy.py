@@ -676,7 +676,7 @@ def _i(v: Any) -> int | None:
     """A JSON value as an optional non-negative int: typed or all-strings encodings."""
     t = type(v)
     if t is int:
-        return v  # type: ignore[no-any-return]
+        return v if v >= 0 else None
     if t is str:
         return int(v) if v.isdigit() and v.isascii() and len(v) < 19 else None
     if t is float and math.isfinite(v) and v >= 0:
