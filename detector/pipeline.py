@@ -34,7 +34,7 @@ from detector.errors import DecodeError, InfrastructureError, PartialDecode
 from detector.flows import EdgeWindow, Resolver, WindowAggregator
 from detector.instrumentation import Metrics
 from detector.records import SPAN, FlowRecord
-from detector.sources import Batch, Source
+from detector.sources import Batch, Source, StaticAttrs
 
 
 class WindowSink(Protocol):
@@ -188,8 +188,8 @@ class Pipeline:
 
     # -- core (synchronous) ------------------------------------------------------------------
 
-    def decode_batch(self, batch: Batch) -> list[FlowRecord]:
-        """Decode and resolve one batch; bad units are counted and dead-lettered."""
+    def decode_batch(self, batch: Batch, resolve: bool = True) -> list[FlowRecord]:
+        """Decode (and resolve) one batch; bad units are counted and dead-lettered."""
         decode = self._decoders.get(batch.fmt)
         if decode is None:
             decode = self._decoders[batch.fmt] = get_decoder(batch.fmt)
@@ -232,9 +232,11 @@ class Pipeline:
             self.metrics.records.labels(self._source_name(stream), batch.fmt).inc(
                 len(batch.units) - bad
             )
-        resolve = self.resolver.resolve
+        if not resolve:
+            return out
+        fill = self.resolver.resolve
         static = batch.static
-        return [resolve(r, static) for r in out]
+        return [fill(r, static) for r in out]
 
     def process_batch(self, batch: Batch) -> None:
         """Decode, resolve, join and aggregate one batch (the whole synchronous core)."""
@@ -247,9 +249,13 @@ class Pipeline:
             else:
                 agg.register_stream(stream)
             return
-        records = self.decode_batch(batch)
+        records = self.decode_batch(batch, resolve=False)
         if records and (self.joiner is not None or _has_spans(records)):
+            # join before resolution: a half's missing cluster must not read "unknown" yet
             records = self._join(records)
+        fill = self.resolver.resolve
+        static = batch.static
+        records = [fill(r, static) for r in records]
         # Offsets are tracked per batch window: a record's exact position matters only for the
         # window it fed, and the batch's first offset is a safe lower bound for every record.
         if records:
@@ -276,6 +282,7 @@ class Pipeline:
             out.extend(add(r))
         wm = self.aggregator.watermark
         if wm > -math.inf:
+            # the joiner's TTL runs from the newest event time every stream has reached
             out.extend(self.joiner.expire(wm + self.settings.allowed_lateness_s))
         return out
 
@@ -283,7 +290,9 @@ class Pipeline:
         if self.joiner is not None:
             rest = self.joiner.expire(math.inf)
             if rest:
-                self.aggregator.add_batch("span-join", rest)
+                fill = self.resolver.resolve
+                static = StaticAttrs()
+                self.aggregator.add_batch("span-join", [fill(r, static) for r in rest])
         return self.aggregator.flush()
 
     def _bad(
