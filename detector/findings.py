@@ -35,7 +35,7 @@ import math
 import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 from detector import __version__
@@ -267,19 +267,23 @@ def anomaly_sentence(a: Anomaly) -> str:
 # -- incidents -------------------------------------------------------------------------------
 
 
+def subject_to_dict(s: Subject) -> dict[str, str | None]:
+    return {f.name: getattr(s, f.name) for f in fields(Subject)}
+
+
 def anomaly_to_dict(a: Anomaly) -> dict[str, Any]:
     """JSON form of an Anomaly (for checkpoints)."""
     return {
         "finding_type": a.finding_type,
         "pattern": a.pattern,
-        "subject": list(a.subject.key()),
+        "subject": subject_to_dict(a.subject),
         "window_start": a.window_start,
         "window_end": a.window_end,
         "model": a.model,
         "feature": a.feature,
         "observed": _jsonable(a.observed),
         "expected": _jsonable(a.expected),
-        "p_value": a.p_value,
+        "p_value": _jsonable(a.p_value),
         "baseline": _jsonable(a.baseline),
         "contributions": [[n, s] for n, s in a.contributions],
         "evidence": _jsonable(a.evidence),
@@ -294,7 +298,7 @@ def anomaly_from_dict(d: Mapping[str, Any]) -> Anomaly:
     return Anomaly(
         finding_type=d["finding_type"],
         pattern=d["pattern"],
-        subject=Subject(*d["subject"]),
+        subject=Subject(**d["subject"]),
         window_start=float(d["window_start"]),
         window_end=float(d["window_end"]),
         model=d["model"],
@@ -336,7 +340,7 @@ class Incident:
         return {
             "uid": self.uid,
             "finding_type": self.finding_type,
-            "subject": list(self.subject.key()),
+            "subject": subject_to_dict(self.subject),
             "first_seen": self.first_seen,
             "created": self.created,
             "last_seen": self.last_seen,
@@ -355,7 +359,7 @@ class Incident:
         return cls(
             uid=d["uid"],
             finding_type=d["finding_type"],
-            subject=Subject(*d["subject"]),
+            subject=Subject(**d["subject"]),
             first_seen=float(d["first_seen"]),
             created=float(d["created"]),
             last_seen=float(d["last_seen"]),
@@ -393,6 +397,7 @@ def _sort_key(a: Anomaly) -> tuple[Any, ...]:
         -a.risk,
         a.model,
         a.feature,
+        a.observed,
     )
 
 
@@ -436,7 +441,7 @@ class IncidentTracker:
                 inc = None
             if inc is None:
                 if len(self._open) >= self.config.max_open:
-                    out.extend(self._evict_oldest(pending))
+                    out.extend(self._evict_oldest(pending, at=a.window_end))
                 inc = Incident(
                     uid=incident_uid(a.finding_type, a.subject, a.window_start),
                     finding_type=a.finding_type,
@@ -498,10 +503,15 @@ class IncidentTracker:
         due.sort(key=lambda i: (i.last_seen, i.uid))
         return [self._close(inc, reason="quiet") for inc in due]
 
-    def close_all(self, reason: str = "shutdown") -> list[dict[str, Any]]:
-        """Close every open incident (e.g. at the end of a replay)."""
+    def close_all(
+        self, now_ts: float | None = None, reason: str = "end of input"
+    ) -> list[dict[str, Any]]:
+        """Close every open incident, e.g. at the end of a replay (a service checkpoints instead).
+
+        Close time is ``now_ts`` (event time), or each incident's ``last_seen`` if not given.
+        """
         due = sorted(self._open.values(), key=lambda i: (i.last_seen, i.uid))
-        return [self._close(inc, reason=reason) for inc in due]
+        return [self._close(inc, reason=reason, at=now_ts) for inc in due]
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -522,7 +532,7 @@ class IncidentTracker:
     # -- internals -----------------------------------------------------------------------------
 
     def _evict_oldest(
-        self, pending: dict[tuple[str, tuple[str | None, ...]], bool]
+        self, pending: dict[tuple[str, tuple[str | None, ...]], bool], at: float
     ) -> list[dict[str, Any]]:
         # Least recently seen goes first: it is the closest to closing on its own anyway.
         # Incidents touched in this batch are spared unless nothing else is left.
@@ -531,24 +541,26 @@ class IncidentTracker:
         )
         victim = min(candidates, key=lambda i: (i.last_seen, i.first_seen, i.uid))
         self.stats["evicted"] += 1
-        return [*self._flush(victim, pending), self._close(victim, reason="evicted")]
+        return [*self._flush(victim, pending), self._close(victim, reason="evicted", at=at)]
 
-    def _close(self, inc: Incident, reason: str) -> dict[str, Any]:
+    def _close(self, inc: Incident, reason: str, at: float | None = None) -> dict[str, Any]:
+        """Close ``inc``: at ``last_seen + close_after_quiet_s`` when quiet, else at ``at``."""
         self._open.pop(inc.key, None)
         self.stats["closed"] += 1
-        return self._emit(inc, CLOSE, round(inc.peak_risk), reason=reason)
+        if reason == "quiet":
+            t = inc.last_seen + self.config.close_after_quiet_s
+        else:
+            t = max(inc.last_seen, at if at is not None else inc.last_seen)
+        return self._emit(inc, CLOSE, round(inc.peak_risk), t, reason=reason)
 
     def _emit(
-        self, inc: Incident, activity: int, risk_int: int, reason: str = ""
+        self, inc: Incident, activity: int, risk_int: int, t: float | None = None, reason: str = ""
     ) -> dict[str, Any]:
         inc.seq += 1
         if activity != CLOSE:
             inc.last_emit_ts = inc.last_seen
             inc.last_emit_risk = risk_int
-        if activity == CLOSE and reason == "quiet":
-            t = inc.last_seen + self.config.close_after_quiet_s
-        else:
-            t = inc.last_seen
+        t = inc.last_seen if t is None else t
         return render_finding(
             inc, activity, t, quiet_s=self.config.close_after_quiet_s, close_reason=reason
         )
@@ -684,13 +696,17 @@ def _entities(
     return [evidence], resources, observables
 
 
+def _close_reason(reason: str, quiet_s: float) -> str:
+    if reason == "quiet":
+        return f"no anomaly for {_duration(quiet_s)}"
+    if reason == "evicted":
+        return "evicted: too many open incidents (max_open)"
+    return reason
+
+
 def _message(inc: Incident, activity: int, a: Anomaly, quiet_s: float, reason: str) -> str:
     if activity == CLOSE:
-        why = (
-            f"no anomaly for {_duration(quiet_s)}"
-            if reason == "quiet"
-            else {"evicted": "too many open incidents (evicted)"}.get(reason, reason)
-        )
+        why = _close_reason(reason, quiet_s)
         return (
             f"Closed ({why}): {a.title}; {inc.windows} anomalous window(s) from "
             f"{_utc(inc.first_seen)} to {_utc(inc.last_seen)}, peak risk {inc.peak_risk:.0f}; "
@@ -853,11 +869,7 @@ def render_finding(
     if activity == CLOSE:
         finding["status_id"] = STATUS_OTHER
         finding["status"] = "Closed"
-        finding["status_detail"] = (
-            f"closed after {_duration(quiet_s)} without an anomaly"
-            if close_reason == "quiet"
-            else f"closed: {close_reason}"
-        )
+        finding["status_detail"] = f"closed: {_close_reason(close_reason, quiet_s)}"
     else:
         finding["status_id"] = STATUS_NEW
         finding["status"] = "New"

@@ -261,7 +261,7 @@ def test_close_after_quiet_period_in_event_time() -> None:
     assert [f["activity_id"] for f in closed] == [3]
     # Close time is when the incident became quiet, not when tick happened to run.
     assert closed[0]["time"] == round((last_seen + 600) * 1000)
-    assert closed[0]["status_detail"] == "closed after 10 min without an anomaly"
+    assert closed[0]["status_detail"] == "closed: no anomaly for 10 min"
     assert closed[0]["is_alert"] is False
     assert tr.open_incidents == [] and tr.tick(last_seen + 10_000) == []
     assert tr.stats["closed"] == 1
@@ -277,6 +277,25 @@ def test_anomaly_after_quiet_gap_closes_and_reopens_without_tick() -> None:
     # A gap within the quiet period continues the incident instead.
     out = tr.observe([anomaly(29)], T0 + 30 * W)  # 480 s after window 20 ended
     assert [f["activity_id"] for f in out] == [2]
+
+
+@pytest.mark.parametrize("gap_windows", [9, 10, 11])
+def test_tick_before_or_after_observe_gives_the_same_lifecycle(gap_windows: int) -> None:
+    # quiet = 10 windows: the boundary cases must agree whichever call comes first.
+    def run(tick_first: bool) -> list[tuple[int, str, int]]:
+        tr = IncidentTracker(close_after_quiet_s=10 * W, update_min_interval_s=0)
+        out = tr.observe([anomaly(0)], T0 + W)
+        now = T0 + (gap_windows + 1) * W
+        nxt = [anomaly(gap_windows)]
+        if tick_first:
+            out += tr.tick(now) + tr.observe(nxt, now)
+        else:
+            out += tr.observe(nxt, now) + tr.tick(now)
+        return [(f["activity_id"], f["finding_info"]["uid"], f["time"]) for f in out]
+
+    first = run(True)
+    assert first == run(False)
+    assert [x[0] for x in first] == ([1, 2] if gap_windows <= 10 else [1, 3, 1])
 
 
 def test_observe_closes_other_quiet_incidents() -> None:
@@ -322,9 +341,21 @@ def test_max_open_evicts_the_least_recently_seen() -> None:
     assert [f["activity_id"] for f in out] == [3, 1]
     assert out[0]["unmapped"]["edge"]["src_principal"] == f"{P}-1"
     assert "evicted" in out[0]["status_detail"]
+    assert out[0]["time"] == out[1]["time"] == end_ms(3)  # evicted when the new one came
+    assert out[0]["status_id"] == 99
     assert tr.stats["evicted"] == 1
     assert len(tr.open_incidents) == 2
     assert {i.subject.principal for i in tr.open_incidents} == {f"{P}-0", f"{P}-2"}
+
+
+def test_close_all_closes_everything_at_the_given_event_time() -> None:
+    tr = IncidentTracker(close_after_quiet_s=3600)
+    other = Subject(principal=P, src_cluster="prod-eu")
+    tr.observe([anomaly(0), anomaly(1, finding_type="lateral_movement", subject=other)], T0)
+    out = tr.close_all(T0 + 5 * W)
+    assert [(f["activity_id"], f["time"]) for f in out] == [(3, end_ms(4)), (3, end_ms(4))]
+    assert all(f["status_detail"] == "closed: end of input" for f in out)
+    assert tr.open_incidents == []
 
 
 def test_state_round_trips_through_json() -> None:
