@@ -288,12 +288,16 @@ class Simulator:
         code = np.full(n, 200)
         code[outc == ERR] = 500
         code[outc == APP401] = 401
+        code[outc == RBAC] = 403
+        code[outc == JWT] = 401
+        code[(outc == UF) | (outc == TLS)] = 503
+        code[outc == NR] = 0
         code[(outc == OK) & get_id & (u_misc[:, 4] < 0.01)] = 404
         dur = np.exp(self.lat_mu[eid] + 0.55 * z[:, 0]) * lat_f[eid]
         dur_i = np.maximum(dur, 0).astype(np.int64)
         ust = np.maximum(dur_i - 1, 0)
         bo = (np.exp(self.out_mu[eid, route] + 0.6 * z[:, 1]) * bytes_f[eid]).astype(np.int64)
-        small = (code != 200)
+        small = code != 200
         bo[small] = (40 + (np.abs(z[small, 1]) * 30)).astype(np.int64)
         in_mu = self.in_mu[eid, route]
         bi = np.where(in_mu > 0, np.exp(in_mu + 0.5 * z[:, 2]), 0).astype(np.int64)
@@ -459,7 +463,7 @@ class Simulator:
                 out.append((em, j, ("hubble", e.dst.cluster, t, unit)))
             if otl[j] and o not in (NR, TLS):
                 unit = otlp_trace(
-                    e, rt, path, int(code[j]) if o <= APP401 else 403, int(t * 1e9),
+                    e, rt, path, int(code[j]), int(t * 1e9),
                     int(dur[j]) * 1_000_000, raw[j].tobytes(), raw[j, :8].tobytes()[::-1],
                     raw[j, 8:].tobytes(), dip,
                 )  # fmt: skip
