@@ -8,6 +8,7 @@ checkpoint round trips, and a message an analyst can act on.
 
 from __future__ import annotations
 
+import copy
 import json
 import random
 from pathlib import Path
@@ -364,8 +365,14 @@ def test_state_round_trips_through_json() -> None:
 
     a = make()
     a.observe([anomaly(0), anomaly(0, model="novelty", feature="requests", p=1e-4)], T0 + W)
-    a.observe([anomaly(1)], T0 + 2 * W)  # suppressed update: state must remember it
+    # A suppressed update with two models on one window: state must remember both.
+    assert a.observe([anomaly(1), anomaly(1, model="novelty", p=1e-4)], T0 + 2 * W) == []
     state = json.loads(json.dumps(a.get_state()))
+    restored = make()
+    restored.set_state(state)
+    closed = restored.close_all(T0 + 3 * W)
+    assert closed == copy.deepcopy(a).close_all(T0 + 3 * W)
+    assert len(closed[0]["anomaly_analyses"]) == 2
     b = make()
     b.set_state(state)
     assert b.get_state() == a.get_state()
