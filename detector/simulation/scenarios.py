@@ -272,15 +272,35 @@ class KubeApiAbuse(Scenario):
             ),
             ApiAction("list", "secrets", None, None, 2),
         )
-        mesh.add_api_client(ApiClient(
-            user, groups, self.cluster, ip, "kubectl/v1.29.3 (linux/amd64) kubernetes/6813625",
-            acts, self.rate * self.intensity, p_forbid=0.95, window=(self.start, self.end)))
-        mesh.add_api_client(ApiClient(
-            "", (), self.cluster, mesh.ip_in(self.cluster, "token-storm"),
-            "python-requests/2.31.0",
-            (ApiAction("list", "secrets", "kube-system", None, 1),
-             ApiAction("list", "pods", None, None, 1)),
-            3.0 * self.rate * self.intensity, p_unauth=1.0, window=(self.start, self.end)))
+        mesh.add_api_client(
+            ApiClient(
+                user,
+                groups,
+                self.cluster,
+                ip,
+                "kubectl/v1.29.3 (linux/amd64) kubernetes/6813625",
+                acts,
+                self.rate * self.intensity,
+                p_forbid=0.95,
+                window=(self.start, self.end),
+            )
+        )
+        mesh.add_api_client(
+            ApiClient(
+                "",
+                (),
+                self.cluster,
+                mesh.ip_in(self.cluster, "token-storm"),
+                "python-requests/2.31.0",
+                (
+                    ApiAction("list", "secrets", "kube-system", None, 1),
+                    ApiAction("list", "pods", None, None, 1),
+                ),
+                3.0 * self.rate * self.intensity,
+                p_unauth=1.0,
+                window=(self.start, self.end),
+            )
+        )
         self.principals += [f"{user}@{self.cluster}", f"{spiffe('catalog', 'recommendations')}"
                             f"@{self.cluster}"]  # fmt: skip
         self.services.append(f"kube-apiserver@{self.cluster}")

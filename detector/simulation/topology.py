@@ -196,9 +196,9 @@ def _pods(name: str, c: Cluster, replicas: int) -> tuple[list[str], list[str]]:
     return ips, pods
 
 
-def _rest(res: str, get: float = 6, lst: float = 2, post: float = 1, put: float = 0.5) -> tuple[
-    Route, ...
-]:
+def _rest(
+    res: str, get: float = 6, lst: float = 2, post: float = 1, put: float = 0.5
+) -> tuple[Route, ...]:
     return (
         Route("GET", f"/api/v1/{res}/{{id}}", get, 7.2, 0),
         Route("GET", f"/api/v1/{res}", lst, 8.6, 0),
@@ -228,65 +228,197 @@ GRPC_GO: Final = "grpc-go/1.62.1"
 # name, namespace, port, grpc, routes, latency mu (log ms), user agent
 _SERVICES: Final[tuple[ServiceDef, ...]] = (
     ServiceDef("istio-ingressgateway", "istio-system", 8080, False, (), 1.0, "envoy"),
-    ServiceDef("web-frontend", "frontend", 8080, False, (
-        Route("GET", "/", 4, 9.5, 0), Route("GET", "/products/{id}", 6, 9.8, 0),
-        Route("GET", "/cart", 2, 9.0, 0), Route("POST", "/checkout", 0.5, 8.0, 7.0)), 3.4, NODE),
-    ServiceDef("bff-mobile", "frontend", 8080, False, (
-        Route("GET", "/m/v2/home", 3, 8.5, 0), Route("GET", "/m/v2/products/{id}", 5, 8.0, 0),
-        Route("POST", "/m/v2/cart/items", 1, 6.0, 6.0)), 3.2, NODE),
+    ServiceDef(
+        "web-frontend",
+        "frontend",
+        8080,
+        False,
+        (
+            Route("GET", "/", 4, 9.5, 0),
+            Route("GET", "/products/{id}", 6, 9.8, 0),
+            Route("GET", "/cart", 2, 9.0, 0),
+            Route("POST", "/checkout", 0.5, 8.0, 7.0),
+        ),
+        3.4,
+        NODE,
+    ),
+    ServiceDef(
+        "bff-mobile",
+        "frontend",
+        8080,
+        False,
+        (
+            Route("GET", "/m/v2/home", 3, 8.5, 0),
+            Route("GET", "/m/v2/products/{id}", 5, 8.0, 0),
+            Route("POST", "/m/v2/cart/items", 1, 6.0, 6.0),
+        ),
+        3.2,
+        NODE,
+    ),
     ServiceDef("orders-api", "orders", 8080, False, _rest("orders"), 2.8, JAVA),
-    ServiceDef("checkout", "orders", 8080, False, (
-        Route("POST", "/api/v1/checkout", 3, 6.5, 7.5),
-        Route("GET", "/api/v1/checkout/{id}/status", 1, 5.5, 0)), 4.0, JAVA),
+    ServiceDef(
+        "checkout",
+        "orders",
+        8080,
+        False,
+        (
+            Route("POST", "/api/v1/checkout", 3, 6.5, 7.5),
+            Route("GET", "/api/v1/checkout/{id}/status", 1, 5.5, 0),
+        ),
+        4.0,
+        JAVA,
+    ),
     ServiceDef("cart", "orders", 8080, False, _rest("carts", 5, 0.2, 2, 2), 2.0, GO),
     ServiceDef("returns", "orders", 8080, False, _rest("returns", 2, 1, 1, 0.2), 2.5, JAVA),
-    ServiceDef("payments-api", "payments", 8443, False, (
-        Route("POST", "/api/v1/payments", 3, 6.2, 6.8),
-        Route("GET", "/api/v1/payments/{id}", 2, 6.5, 0),
-        Route("POST", "/api/v1/payments/{id}/capture", 1, 5.8, 5.0)), 4.2, JAVA),
-    ServiceDef("fraud-scoring", "payments", 9090, True,
-               _grpc("fraud", "FraudScoring", ("Score", "Explain")), 3.0, GRPC_GO),
+    ServiceDef(
+        "payments-api",
+        "payments",
+        8443,
+        False,
+        (
+            Route("POST", "/api/v1/payments", 3, 6.2, 6.8),
+            Route("GET", "/api/v1/payments/{id}", 2, 6.5, 0),
+            Route("POST", "/api/v1/payments/{id}/capture", 1, 5.8, 5.0),
+        ),
+        4.2,
+        JAVA,
+    ),
+    ServiceDef(
+        "fraud-scoring",
+        "payments",
+        9090,
+        True,
+        _grpc("fraud", "FraudScoring", ("Score", "Explain")),
+        3.0,
+        GRPC_GO,
+    ),
     ServiceDef("ledger", "payments", 8080, False, _rest("entries", 3, 2, 2, 0.1), 2.6, GO),
     ServiceDef("refunds", "payments", 8080, False, _rest("refunds", 2, 1, 1, 0.1), 3.0, JAVA),
     ServiceDef("catalog-api", "catalog", 8080, False, _rest("products", 8, 3, 0.1, 0.1), 2.2, GO),
-    ServiceDef("search", "catalog", 8080, False, (
-        Route("GET", "/api/v1/search?q={id}", 5, 8.8, 0),
-        Route("GET", "/api/v1/suggest?q={id}", 3, 6.0, 0)), 3.0, GO),
-    ServiceDef("recommendations", "catalog", 8080, False, (
-        Route("GET", "/api/v1/recommendations/{id}", 4, 7.5, 0),
-        Route("POST", "/api/v1/recommendations/batch", 1, 8.5, 6.5)), 3.6, PY),
-    ServiceDef("pricing", "catalog", 9090, True,
-               _grpc("pricing", "Pricing", ("GetPrice", "GetPrices", "Quote")), 1.6, GRPC_GO),
+    ServiceDef(
+        "search",
+        "catalog",
+        8080,
+        False,
+        (
+            Route("GET", "/api/v1/search?q={id}", 5, 8.8, 0),
+            Route("GET", "/api/v1/suggest?q={id}", 3, 6.0, 0),
+        ),
+        3.0,
+        GO,
+    ),
+    ServiceDef(
+        "recommendations",
+        "catalog",
+        8080,
+        False,
+        (
+            Route("GET", "/api/v1/recommendations/{id}", 4, 7.5, 0),
+            Route("POST", "/api/v1/recommendations/batch", 1, 8.5, 6.5),
+        ),
+        3.6,
+        PY,
+    ),
+    ServiceDef(
+        "pricing",
+        "catalog",
+        9090,
+        True,
+        _grpc("pricing", "Pricing", ("GetPrice", "GetPrices", "Quote")),
+        1.6,
+        GRPC_GO,
+    ),
     ServiceDef("reviews", "catalog", 8080, False, _rest("reviews", 4, 2, 0.5, 0.1), 2.4, PY),
-    ServiceDef("auth-server", "identity", 8080, False, (
-        Route("POST", "/oauth2/token", 4, 7.0, 6.0), Route("GET", "/oauth2/jwks", 1, 7.4, 0),
-        Route("POST", "/api/v1/login", 2, 6.2, 5.8),
-        Route("POST", "/oauth2/introspect", 3, 6.0, 6.0)), 2.9, JAVA),
+    ServiceDef(
+        "auth-server",
+        "identity",
+        8080,
+        False,
+        (
+            Route("POST", "/oauth2/token", 4, 7.0, 6.0),
+            Route("GET", "/oauth2/jwks", 1, 7.4, 0),
+            Route("POST", "/api/v1/login", 2, 6.2, 5.8),
+            Route("POST", "/oauth2/introspect", 3, 6.0, 6.0),
+        ),
+        2.9,
+        JAVA,
+    ),
     ServiceDef("user-profile", "identity", 8080, False, _rest("users", 5, 0.5, 0.2, 1), 2.5, JAVA),
-    ServiceDef("session-store", "identity", 6380, True,
-               _grpc("session", "Sessions", ("Get", "Put", "Touch")), 0.8, GRPC_GO),
+    ServiceDef(
+        "session-store",
+        "identity",
+        6380,
+        True,
+        _grpc("session", "Sessions", ("Get", "Put", "Touch")),
+        0.8,
+        GRPC_GO,
+    ),
     ServiceDef("shipping-api", "shipping", 8080, False, _rest("shipments"), 3.1, JAVA),
     ServiceDef("inventory", "shipping", 8080, False, _rest("stock", 6, 1, 0.1, 2), 2.3, GO),
-    ServiceDef("warehouse-sync", "shipping", 8080, False, _rest("sync-jobs", 1, 1, 1, 0.1), 4.5,
-               PY),
-    ServiceDef("notifier", "notifications", 8080, False, _rest("notifications", 1, 0.2, 3, 0),
-               2.7, GO),
-    ServiceDef("email-sender", "notifications", 8080, False, (
-        Route("POST", "/v1/send", 1, 4.5, 7.8),), 5.0, GO),
+    ServiceDef(
+        "warehouse-sync", "shipping", 8080, False, _rest("sync-jobs", 1, 1, 1, 0.1), 4.5, PY
+    ),
+    ServiceDef(
+        "notifier", "notifications", 8080, False, _rest("notifications", 1, 0.2, 3, 0), 2.7, GO
+    ),
+    ServiceDef(
+        "email-sender",
+        "notifications",
+        8080,
+        False,
+        (Route("POST", "/v1/send", 1, 4.5, 7.8),),
+        5.0,
+        GO,
+    ),
     ServiceDef("reporting", "data", 8080, False, _rest("reports", 2, 1, 0.5, 0.1), 5.5, PY),
-    ServiceDef("etl-worker", "data", 8080, False, (
-        Route("POST", "/jobs/{id}/run", 1, 5.0, 5.0),), 6.0, PY),
-    ServiceDef("feature-store", "data", 6566, True,
-               _grpc("feast.serving", "ServingService", ("GetOnlineFeatures",)), 2.0, GRPC_GO),
-    ServiceDef("analytics-ingest", "data", 8080, False, (
-        Route("POST", "/v1/events", 1, 3.5, 7.0),), 1.5, GO),
-    ServiceDef("config-server", "platform", 8888, False, (
-        Route("GET", "/config/{id}/default", 1, 8.0, 0),), 2.0, JAVA),
-    ServiceDef("feature-flags", "platform", 8080, False, (
-        Route("GET", "/api/v1/flags", 3, 8.2, 0), Route("GET", "/api/v1/flags/{id}", 1, 5.5, 0)),
-        1.4, GO),
-    ServiceDef("audit-logger", "platform", 9090, True,
-               _grpc("audit", "AuditLog", ("Append",)), 1.8, GRPC_GO),
+    ServiceDef(
+        "etl-worker", "data", 8080, False, (Route("POST", "/jobs/{id}/run", 1, 5.0, 5.0),), 6.0, PY
+    ),
+    ServiceDef(
+        "feature-store",
+        "data",
+        6566,
+        True,
+        _grpc("feast.serving", "ServingService", ("GetOnlineFeatures",)),
+        2.0,
+        GRPC_GO,
+    ),
+    ServiceDef(
+        "analytics-ingest",
+        "data",
+        8080,
+        False,
+        (Route("POST", "/v1/events", 1, 3.5, 7.0),),
+        1.5,
+        GO,
+    ),
+    ServiceDef(
+        "config-server",
+        "platform",
+        8888,
+        False,
+        (Route("GET", "/config/{id}/default", 1, 8.0, 0),),
+        2.0,
+        JAVA,
+    ),
+    ServiceDef(
+        "feature-flags",
+        "platform",
+        8080,
+        False,
+        (Route("GET", "/api/v1/flags", 3, 8.2, 0), Route("GET", "/api/v1/flags/{id}", 1, 5.5, 0)),
+        1.4,
+        GO,
+    ),
+    ServiceDef(
+        "audit-logger",
+        "platform",
+        9090,
+        True,
+        _grpc("audit", "AuditLog", ("Append",)),
+        1.8,
+        GRPC_GO,
+    ),
 )
 
 _ONLY: Final[dict[str, tuple[str, ...]]] = {
@@ -396,8 +528,13 @@ def build_mesh(topology_seed: int = 1) -> Mesh:
         # Each caller uses a subset of the callee's routes (what makes routes per edge learnable).
         k = max(1, min(nroutes, int(rng.integers(1, nroutes + 1))))
         idx = tuple(sorted(rng.choice(nroutes, size=k, replace=False).tolist()))
-        e = Edge(src, dst, rate * clusters[src.cluster].scale, route_idx=idx,
-                 p_error=float(rng.uniform(0.0005, 0.004)))
+        e = Edge(
+            src,
+            dst,
+            rate * clusters[src.cluster].scale,
+            route_idx=idx,
+            p_error=float(rng.uniform(0.0005, 0.004)),
+        )
         for key, val in kw.items():
             setattr(e, key, val)
         mesh.add_edge(e)
@@ -421,12 +558,21 @@ def build_mesh(topology_seed: int = 1) -> Mesh:
     for caller, ccl, callee, dcl, rate in _CROSS:
         extra = {"p_tls": 0.03} if ccl == "staging" else {}  # staging's rotating root cert
         edge(mesh.workload(caller, ccl), mesh.workload(callee, dcl), rate, **extra)
-    edge(mesh.workload("legacy-report", "prod-eu"), mesh.workload("reporting", "prod-eu"),
-         0.004, p_nr=1.0, seasonal=False)
+    edge(
+        mesh.workload("legacy-report", "prod-eu"),
+        mesh.workload("reporting", "prod-eu"),
+        0.004,
+        p_nr=1.0,
+        seasonal=False,
+    )
     # A staging smoke-test job occasionally hits a prod service it is not allowed to: RBAC 403s
     # are part of normal life too.
-    edge(mesh.workload("web-frontend", "staging"), mesh.workload("user-profile", "prod-eu"),
-         0.01, p_rbac=0.9)
+    edge(
+        mesh.workload("web-frontend", "staging"),
+        mesh.workload("user-profile", "prod-eu"),
+        0.01,
+        p_rbac=0.9,
+    )
     _api_clients(mesh)
     return mesh
 
@@ -442,39 +588,86 @@ def _api_clients(mesh: Mesh) -> None:
     for cname, c in mesh.clusters.items():
         s = 0.15 if cname == "staging" else 1.0
         user, groups = _sa_user("argocd", "argocd-application-controller")
-        mesh.add_api_client(ApiClient(
-            user, groups, cname, mesh.ip_in(cname, "argocd"), "argocd-controller/v2.10.4",
-            (ApiAction("list", "deployments", None, None, 3, "apps"),
-             ApiAction("get", "configmaps", "argocd", "argocd-cm", 2),
-             ApiAction("list", "services", None, None, 2),
-             ApiAction("patch", "deployments", "catalog", "catalog-api", 0.2, "apps")),
-            0.4 * s))
+        mesh.add_api_client(
+            ApiClient(
+                user,
+                groups,
+                cname,
+                mesh.ip_in(cname, "argocd"),
+                "argocd-controller/v2.10.4",
+                (
+                    ApiAction("list", "deployments", None, None, 3, "apps"),
+                    ApiAction("get", "configmaps", "argocd", "argocd-cm", 2),
+                    ApiAction("list", "services", None, None, 2),
+                    ApiAction("patch", "deployments", "catalog", "catalog-api", 0.2, "apps"),
+                ),
+                0.4 * s,
+            )
+        )
         user, groups = _sa_user("monitoring", "prometheus-k8s")
-        mesh.add_api_client(ApiClient(
-            user, groups, cname, mesh.ip_in(cname, "prometheus"), "Prometheus/2.51.1",
-            (ApiAction("list", "pods", None, None, 3),
-             ApiAction("list", "endpoints", None, None, 3),
-             ApiAction("list", "services", None, None, 1)),
-            0.3 * s))
+        mesh.add_api_client(
+            ApiClient(
+                user,
+                groups,
+                cname,
+                mesh.ip_in(cname, "prometheus"),
+                "Prometheus/2.51.1",
+                (
+                    ApiAction("list", "pods", None, None, 3),
+                    ApiAction("list", "endpoints", None, None, 3),
+                    ApiAction("list", "services", None, None, 1),
+                ),
+                0.3 * s,
+            )
+        )
         user, groups = _sa_user("cert-manager", "cert-manager")
-        mesh.add_api_client(ApiClient(
-            user, groups, cname, mesh.ip_in(cname, "cert-manager"),
-            "cert-manager-certificates-issuing/v1.14.4 (linux/amd64) cert-manager/2a5b5b0e",
-            (ApiAction("get", "secrets", "istio-system", "cacerts", 1),
-             ApiAction("list", "certificates", None, None, 2, "cert-manager.io"),
-             ApiAction("update", "leases", "kube-system", "cert-manager-controller", 2,
-                       "coordination.k8s.io")),
-            0.2 * s))
+        mesh.add_api_client(
+            ApiClient(
+                user,
+                groups,
+                cname,
+                mesh.ip_in(cname, "cert-manager"),
+                "cert-manager-certificates-issuing/v1.14.4 (linux/amd64) cert-manager/2a5b5b0e",
+                (
+                    ApiAction("get", "secrets", "istio-system", "cacerts", 1),
+                    ApiAction("list", "certificates", None, None, 2, "cert-manager.io"),
+                    ApiAction(
+                        "update",
+                        "leases",
+                        "kube-system",
+                        "cert-manager-controller",
+                        2,
+                        "coordination.k8s.io",
+                    ),
+                ),
+                0.2 * s,
+            )
+        )
         user, groups = _sa_user("catalog", "recommendations")
-        mesh.add_api_client(ApiClient(
-            user, groups, cname, mesh.ip_in(cname, "recommendations/0"),
-            "python-kubernetes/29.0.0",
-            (ApiAction("get", "configmaps", "catalog", "recommendations-model", 1),), 0.02 * s))
-        mesh.add_api_client(ApiClient(
-            "oidc:alice@corp.example", ("oidc:platform-team", "system:authenticated"), cname,
-            "192.168.40.17", "kubectl/v1.29.3 (linux/amd64) kubernetes/6813625",
-            (ApiAction("get", "pods", "orders", None, 3),
-             ApiAction("get", "deployments", "orders", "orders-api", 1, "apps"),
-             ApiAction("list", "events", "orders", None, 1)),
-            0.01 * (3.0 if cname == "staging" else 1.0)))
+        mesh.add_api_client(
+            ApiClient(
+                user,
+                groups,
+                cname,
+                mesh.ip_in(cname, "recommendations/0"),
+                "python-kubernetes/29.0.0",
+                (ApiAction("get", "configmaps", "catalog", "recommendations-model", 1),),
+                0.02 * s,
+            )
+        )
+        mesh.add_api_client(
+            ApiClient(
+                "oidc:alice@corp.example",
+                ("oidc:platform-team", "system:authenticated"),
+                cname,
+                "192.168.40.17",
+                "kubectl/v1.29.3 (linux/amd64) kubernetes/6813625",
+                (
+                    ApiAction("get", "pods", "orders", None, 3),
+                    ApiAction("get", "deployments", "orders", "orders-api", 1, "apps"),
+                    ApiAction("list", "events", "orders", None, 1),
+                ),
+                0.01 * (3.0 if cname == "staging" else 1.0),
+            )
+        )
         del c

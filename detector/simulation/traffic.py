@@ -376,7 +376,7 @@ class Simulator:
         ms_s = _MS
         out: list[tuple[float, int, Record]] = []
         append = out.append
-        for (k, idv, c, b_in, b_out, d, u, xi, hi, lp, si, sp, sec, m, em, t, j) in zip(
+        for k, idv, c, b_in, b_out, d, u, xi, hi, lp, si, sp, sec, m, em, t, j in zip(
             *cols, strict=True
         ):
             tk = templates[k]
@@ -432,18 +432,28 @@ class Simulator:
                 fmt = self.fmt[ei]
                 cluster = e.dst.cluster
                 if o == RBAC:
-                    pol = "none" if _stable(e.dst.key) % 10 < 3 else (
-                        f"ns[{e.dst.namespace}]-policy[deny-untrusted-callers]-rule[0]")
-                    req.code, req.details, req.bytes_out = 403, (
-                        f"rbac_access_denied_matched_policy[{pol}]"), 19
+                    pol = (
+                        "none"
+                        if _stable(e.dst.key) % 10 < 3
+                        else (f"ns[{e.dst.namespace}]-policy[deny-untrusted-callers]-rule[0]")
+                    )
+                    req.code, req.details, req.bytes_out = (
+                        403,
+                        (f"rbac_access_denied_matched_policy[{pol}]"),
+                        19,
+                    )
                     req.bytes_in = 0
                 elif o == JWT:
                     why = _JWT_REASONS[j % 3]
                     req.code, req.details = 401, f"jwt_authn_access_denied{{{why}}}"
                     req.bytes_out = len(why.replace("_", " "))
                 elif o == NR:
-                    req.code, req.flags, req.details, req.bytes_in = 0, "NR", (
-                        "filter_chain_not_found"), 0
+                    req.code, req.flags, req.details, req.bytes_in = (
+                        0,
+                        "NR",
+                        ("filter_chain_not_found"),
+                        0,
+                    )
                 elif o == UF:
                     req.code, req.flags = 503, "UF"
                     req.details = "upstream_reset_before_response_started{connection_failure}"
@@ -458,7 +468,8 @@ class Simulator:
                 out.append((em, j, (fmt, cluster, t, unit)))
             if hub[j]:
                 tns = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(secs[j]))) + (
-                    f".{int((t % 1) * 1e9):09d}Z")
+                    f".{int((t % 1) * 1e9):09d}Z"
+                )
                 unit = hubble_flow(e, tns, sip, sport, dip, dropped=o == NR)
                 out.append((em, j, ("hubble", e.dst.cluster, t, unit)))
             if otl[j] and o not in (NR, TLS):
@@ -470,9 +481,9 @@ class Simulator:
                 out.append((em, j, ("otlp_proto_traces", e.dst.cluster, t, unit)))
         return out
 
-    def _audit(self, rng: np.random.Generator, t0: float, t1: float) -> list[
-        tuple[float, int, Record]
-    ]:
+    def _audit(
+        self, rng: np.random.Generator, t0: float, t1: float
+    ) -> list[tuple[float, int, Record]]:
         nc = len(self.clients)
         if nc == 0:
             return []
@@ -496,8 +507,11 @@ class Simulator:
                 continue
             a = c.actions[min(bisect.bisect_left(self.c_cum[int(cid[j])], u[j, 0]),
                               len(c.actions) - 1)]  # fmt: skip
-            outcome = "unauth" if u[j, 1] < c.p_unauth else (
-                "forbid" if u[j, 1] < c.p_unauth + c.p_forbid else "allow")
+            outcome = (
+                "unauth"
+                if u[j, 1] < c.p_unauth
+                else ("forbid" if u[j, 1] < c.p_unauth + c.p_forbid else "allow")
+            )
             h = ids[j].tobytes().hex()
             aid = f"{h[:8]}-{h[8:12]}-4{h[13:16]}-a{h[17:20]}-{h[20:32]}"
             start = _micro(t)

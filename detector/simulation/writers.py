@@ -193,15 +193,15 @@ def text_from_fields(f: dict[str, Any]) -> str:
     """Istio's >= 1.9 default text format (``EnvoyTextLogFormat``) from the same fields."""
     return (
         f'[{f["start_time"]}] "{_t(f["method"])} {_t(f["path"])} {_t(f["protocol"])}" '
-        f'{f["response_code"]} {f["response_flags"]} {_t(f["response_code_details"])} '
-        f'{_t(f["connection_termination_details"])} '
+        f"{f['response_code']} {f['response_flags']} {_t(f['response_code_details'])} "
+        f"{_t(f['connection_termination_details'])} "
         f'"{_t(f["upstream_transport_failure_reason"])}" {f["bytes_received"]} '
-        f'{f["bytes_sent"]} {f["duration"]} {_t(f["upstream_service_time"])} '
+        f"{f['bytes_sent']} {f['duration']} {_t(f['upstream_service_time'])} "
         f'"{_t(f["x_forwarded_for"])}" "{_t(f["user_agent"])}" "{_t(f["request_id"])}" '
         f'"{_t(f["authority"])}" "{_t(f["upstream_host"])}" {_t(f["upstream_cluster"])} '
-        f'{_t(f["upstream_local_address"])} {_t(f["downstream_local_address"])} '
-        f'{_t(f["downstream_remote_address"])} {_t(f["requested_server_name"])} '
-        f'{_t(f["route_name"])}'
+        f"{_t(f['upstream_local_address'])} {_t(f['downstream_local_address'])} "
+        f"{_t(f['downstream_remote_address'])} {_t(f['requested_server_name'])} "
+        f"{_t(f['route_name'])}"
     )
 
 

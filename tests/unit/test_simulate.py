@@ -150,7 +150,9 @@ def test_text_lines_match_istio_default_format() -> None:
 
 def test_fixture_text_line_matches_regex(fixtures_dir: Path) -> None:
     # The regex above is checked against a real Istio line, so it is not just our own echo.
-    lines = (fixtures_dir / "envoy-istio/istio-io_access-log-task_TEXT.log").read_text().splitlines()
+    lines = (
+        (fixtures_dir / "envoy-istio/istio-io_access-log-task_TEXT.log").read_text().splitlines()
+    )
     assert all(TEXT_RE.match(x) for x in lines)
 
 
@@ -203,8 +205,10 @@ def test_exfiltration_bytes_surge_inside_window_only() -> None:
     inside, outside = [], []
     for _f, cluster, ts, unit in recs:
         d = orjson.loads(unit)
-        if d["downstream_peer_uri_san"] == src and d["authority"].startswith("ledger.") and (
-            cluster == "prod-us"
+        if (
+            d["downstream_peer_uri_san"] == src
+            and d["authority"].startswith("ledger.")
+            and (cluster == "prod-us")
         ):
             (inside if ex.start <= ts < ex.end else outside).append(d["bytes_sent"])
     assert len(inside) > 10 and len(outside) > 10
@@ -219,8 +223,10 @@ def test_lateral_movement_edges_exist_only_in_window() -> None:
     hits = []
     for _f, cluster, ts, unit in recs:
         d = orjson.loads(unit)
-        if d["downstream_peer_uri_san"] == src and d["source_cluster"] == "prod-eu" and (
-            (d["authority"].split(".")[0], cluster) in set(lm.targets)
+        if (
+            d["downstream_peer_uri_san"] == src
+            and d["source_cluster"] == "prod-eu"
+            and ((d["authority"].split(".")[0], cluster) in set(lm.targets))
         ):
             hits.append(ts)
     assert len(hits) > 20
