@@ -227,6 +227,14 @@ def default_config() -> DetectorConfig:
     return parse_config(
         {
             "sources": [{"type": "simulate", "duration_s": 3600, "speedup": 300}],
+            # the simulated clusters' pod networks: names a caller's cluster by its address
+            "resolution": {
+                "cidrs": {
+                    "10.10.0.0/16": "prod-eu",
+                    "10.20.0.0/16": "prod-us",
+                    "10.30.0.0/16": "staging",
+                }
+            },
             "aggregation": {"window_s": 60, "allowed_lateness_s": 10},
         },
         "embedded default",

@@ -108,15 +108,18 @@ class Resolver:
         dst_cluster = rec.dst_cluster
         if src_cluster is not None and dst_cluster is not None and rec.dst_namespace is not None:
             return rec  # the common case for enriched mesh logs: nothing to do
+        if dst_cluster is None:
+            dst_cluster = static.dst_cluster or static.cluster or UNKNOWN
         if src_cluster is None:
             src_cluster = (
                 static.src_cluster
                 or self.cluster_for_principal(rec.src_principal)
                 or self.cluster_for_ip(rec.src_ip)
+                # Kubernetes users and service-account tokens belong to the cluster whose API
+                # server they call: an audit event's caller is in the apiserver's cluster.
+                or (dst_cluster if rec.kind == API_AUDIT and dst_cluster != UNKNOWN else None)
                 or UNKNOWN
             )
-        if dst_cluster is None:
-            dst_cluster = static.dst_cluster or static.cluster or UNKNOWN
         dst_namespace = rec.dst_namespace or static.namespace
         return rec._replace(
             src_cluster=src_cluster, dst_cluster=dst_cluster, dst_namespace=dst_namespace

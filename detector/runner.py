@@ -59,14 +59,38 @@ def build_sources(cfg: DetectorConfig) -> list[Source]:
                 )
             )
         elif isinstance(sc, SimulateSourceConfig):
-            from detector.sources.simulate import source_from_config
+            from detector.sources.simulate import SimulatorSource
 
-            out.append(source_from_config(sc))
+            scenarios: list[Any] = []
+            start = sc.start
+            if sc.scenarios:
+                from detector.simulation.scenarios import default_scenarios
+
+                start = start if start is not None else _hour_before_now()
+                scenarios = default_scenarios(start, sc.duration_s)
+            out.append(
+                SimulatorSource(
+                    seed=sc.seed,
+                    start=start,
+                    duration_s=sc.duration_s,
+                    rate_multiplier=sc.rate_multiplier,
+                    speedup=sc.speedup,
+                    limit=sc.limit,
+                    scenarios=scenarios,
+                    name=sc.name,
+                )
+            )
         elif isinstance(sc, KafkaSourceConfig):
             from detector.sources.kafka import KafkaSource
 
             out.append(KafkaSource(sc))
     return out
+
+
+def _hour_before_now() -> float:
+    import time
+
+    return float((time.time() // 3600 - 1) * 3600)
 
 
 def build_sinks(cfg: DetectorConfig) -> list[WindowSink]:

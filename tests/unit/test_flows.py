@@ -262,3 +262,12 @@ def test_every_record_is_counted_once_either_windowed_or_late(
     assert len(seen) == len(set(seen)), "an edge-window was emitted twice"
     for w in windows:
         assert w.ok + w.errors + w.denied + w.unauthenticated == w.requests
+
+
+def test_api_audit_caller_belongs_to_the_apiserver_cluster() -> None:
+    r = FlowRecord(ts=0, kind=API_AUDIT, src_principal="system:serviceaccount:ci:deployer",
+                   dst_service="kube-apiserver")
+    got = Resolver().resolve(r, StaticAttrs(cluster="prod-eu"))
+    assert (got.src_cluster, got.dst_cluster) == ("prod-eu", "prod-eu")
+    # an L7 request from an unknown place stays unknown: no guessing the caller's cluster
+    assert Resolver().resolve(FlowRecord(ts=0), StaticAttrs(cluster="prod-eu")).src_cluster == UNKNOWN
