@@ -120,7 +120,7 @@ _MAX_LISTED: Final = 10  # src_ips / routes listed in a finding
 
 def ms(ts: float) -> int:
     """Epoch seconds -> OCSF timestamp_t (integer milliseconds)."""
-    return round(ts * 1000.0)
+    return round(float(ts) * 1000.0)  # float(): numpy scalars round to numpy types
 
 
 def incident_uid(finding_type: str, subject: Subject, first_window_start: float) -> str:
@@ -179,6 +179,8 @@ def _jsonable(v: Any) -> Any:
     """Best effort JSON-safe copy (tuples/sets -> lists, non-finite floats -> strings)."""
     if v is None or isinstance(v, bool | int | str):
         return v
+    if hasattr(v, "tolist") and callable(v.tolist):
+        return _jsonable(v.tolist())  # numpy scalars and arrays from the models
     if isinstance(v, float):
         return v if math.isfinite(v) else str(v)
     if isinstance(v, Mapping):
@@ -195,7 +197,7 @@ def baseline_description(a: Anomaly) -> str:
     desc = a.baseline.get("description")
     if isinstance(desc, str) and desc:
         return desc
-    windows = a.baseline.get("windows_learned", a.baseline.get("windows"))
+    windows = _jsonable(a.baseline.get("windows_learned", a.baseline.get("windows")))
     if isinstance(windows, int | float):
         return f"{a.model} baseline, {int(windows)} windows"
     return f"{a.model} baseline"
@@ -277,17 +279,17 @@ def anomaly_to_dict(a: Anomaly) -> dict[str, Any]:
         "finding_type": a.finding_type,
         "pattern": a.pattern,
         "subject": subject_to_dict(a.subject),
-        "window_start": a.window_start,
-        "window_end": a.window_end,
+        "window_start": float(a.window_start),
+        "window_end": float(a.window_end),
         "model": a.model,
         "feature": a.feature,
         "observed": _jsonable(a.observed),
         "expected": _jsonable(a.expected),
-        "p_value": _jsonable(a.p_value),
+        "p_value": _jsonable(float(a.p_value)),
         "baseline": _jsonable(a.baseline),
-        "contributions": [[n, s] for n, s in a.contributions],
+        "contributions": [[str(n), _jsonable(float(s))] for n, s in a.contributions],
         "evidence": _jsonable(a.evidence),
-        "confidence": a.confidence,
+        "confidence": float(a.confidence),
     }
 
 
@@ -446,9 +448,9 @@ class IncidentTracker:
                     uid=incident_uid(a.finding_type, a.subject, a.window_start),
                     finding_type=a.finding_type,
                     subject=a.subject,
-                    first_seen=a.window_start,
-                    created=a.window_end,
-                    last_seen=a.window_end,
+                    first_seen=float(a.window_start),
+                    created=float(a.window_end),
+                    last_seen=float(a.window_end),
                     windows=1,
                     current=[a],
                 )
@@ -457,17 +459,17 @@ class IncidentTracker:
             else:
                 if a.window_end > inc.last_seen:
                     inc.windows += 1
-                    inc.last_seen = a.window_end
+                    inc.last_seen = float(a.window_end)
                     inc.current = [a]
                 elif a.window_end == inc.last_seen:
                     inc.current.append(a)  # another model/feature on the same window
                 else:
                     # A late anomaly for an older window counts, but the newest stays on show.
                     inc.windows += 1
-                    inc.first_seen = min(inc.first_seen, a.window_start)
+                    inc.first_seen = min(inc.first_seen, float(a.window_start))
                 pending.setdefault(key, False)
             inc.anomalies += 1
-            inc.peak_risk = max(inc.peak_risk, a.risk)
+            inc.peak_risk = max(inc.peak_risk, float(a.risk))
         for key in list(pending):
             inc = self._open[key]
             out.extend(self._flush(inc, pending))
@@ -574,15 +576,16 @@ def _analysis(a: Anomaly) -> dict[str, Any]:
     span = {
         "start_time": ms(a.window_start),
         "end_time": ms(a.window_end),
-        "duration_secs": round(a.window_end - a.window_start),
+        "duration_secs": round(float(a.window_end - a.window_start)),
     }
     observed: dict[str, Any] = {"value": _num(a.observed), "timespan": span}
     baseline_obs: dict[str, Any] = {"value": "none" if a.expected is None else _num(a.expected)}
-    windows = a.baseline.get("windows_learned", a.baseline.get("windows"))
+    windows = _jsonable(a.baseline.get("windows_learned", a.baseline.get("windows")))
     if isinstance(windows, int | float) and not isinstance(windows, bool) and windows >= 0:
         # How many windows the expectation rests on: OCSF observation.count.
         baseline_obs["count"] = int(windows)
-    b_start, b_end = a.baseline.get("training_start"), a.baseline.get("training_end")
+    b_start = _jsonable(a.baseline.get("training_start"))
+    b_end = _jsonable(a.baseline.get("training_end"))
     if isinstance(b_start, int | float) and isinstance(b_end, int | float):
         baseline_obs["timespan"] = {"start_time": ms(b_start), "end_time": ms(b_end)}
     return {
@@ -753,7 +756,7 @@ def render_finding(
     others = inc.current[1:]
     risk_int = max(0, min(100, round(inc.peak_risk)))
     sev = severity_id(inc.peak_risk)
-    conf_score = max(0, min(100, round(100 * a.confidence)))
+    conf_score = max(0, min(100, round(100 * float(a.confidence))))
     conf_id = 3 if a.confidence >= 0.75 else 2 if a.confidence >= 0.4 else 1
     analytic_type_id, analytic_type = ANALYTIC_TYPES.get(a.model, DEFAULT_ANALYTIC_TYPE)
     ips = _src_ips(a)
@@ -850,13 +853,15 @@ def render_finding(
             "feature": a.feature,
             "observed": _jsonable(a.observed),
             "expected": _jsonable(a.expected),
-            "p_value": a.p_value,
+            "p_value": _jsonable(float(a.p_value)),
             "risk": round(a.risk, 2),
-            "window_s": a.window_end - a.window_start,
+            "window_s": float(a.window_end - a.window_start),
             "src_ips": ips,
             "routes": _routes(a),
             "model_baseline": _jsonable(a.baseline),
-            "contributions": [{"feature": n, "share": v} for n, v in a.contributions],
+            "contributions": [
+                {"feature": str(n), "share": _jsonable(float(v))} for n, v in a.contributions
+            ],
             "evidence": _jsonable(a.evidence),
             "incident": {
                 "windows": inc.windows,

@@ -14,6 +14,8 @@ import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import orjson
 import pytest
 from jsonschema import Draft202012Validator
 
@@ -462,3 +464,30 @@ def test_finding_summary_is_one_line() -> None:
     assert "High" in line and "risk  85" in line and anomaly().title in line
     assert "48.2 MB vs ≈1.1 MB" in line and f["finding_info"]["uid"][:8] in line
     assert "CLOSE" in finding_summary(tr.tick(T0 + 100 * W)[0])
+
+
+def test_numpy_values_from_models_serialise(validator: Draft202012Validator) -> None:
+    a = Anomaly(
+        finding_type="availability",
+        pattern="SURGE",
+        subject=subject_for("availability"),
+        window_start=np.float64(T0),
+        window_end=np.float64(T0 + W),
+        model="seasonal",
+        feature="error_ratio",
+        observed=np.float32(0.42),  # type: ignore[arg-type]
+        expected=np.float64(0.01),
+        p_value=np.float64(1e-5),
+        baseline={"windows_learned": np.int64(36), "profile": np.arange(3)},
+        contributions=(("error_ratio", np.float32(1.0)),),  # type: ignore[arg-type]
+        evidence={"src_ips": ("10.0.0.1",), "codes": {503, 502}},
+        confidence=np.float64(0.66),
+    )
+    tr = IncidentTracker()
+    f = tr.observe([a], T0 + W)[0]
+    assert errors(validator, f) == []
+    assert orjson.loads(orjson.dumps(f))["time"] == end_ms(0)
+    assert "error ratio 42% in 60 s" in f["message"] and "≈ 1%" in f["message"]
+    assert f["unmapped"]["model_baseline"] == {"windows_learned": 36, "profile": [0, 1, 2]}
+    assert f["anomaly_analyses"][0]["baselines"][0]["observations"][0]["count"] == 36
+    json.dumps(tr.get_state(), allow_nan=False)
