@@ -720,7 +720,13 @@ def from_mapping(
         t = g("timestamp")
         if t is None:
             raise DecodeError("not_access_log", "no start_time")
-    ts = _ts_of(t)
+    # Inline fast path for Envoy's "...:SS.mmmZ" whose second is already cached.
+    base = _sec_cache.get(t[:19]) if t.__class__ is str and t[19:20] == "." else None
+    digits = t[20:-1] if base is not None and t[-1:] == "Z" else None
+    if digits is not None and digits.isdigit() and digits.isascii():
+        ts = base + float("0." + digits)  # type: ignore[operator]
+    else:
+        ts = _ts_of(t)
     # One comprehension instead of a call per field: most values are plain strings or null,
     # and the function call per field was a third of the decode time. Anything that is not a
     # string goes through ``_s`` so the record's string fields stay strings.
@@ -759,13 +765,19 @@ def from_mapping(
         method,
         path,
         protocol,
-        _i(g("response_code")),
+        status_v
+        if ((status_v := g("response_code")).__class__ is int and status_v >= 0)
+        else _i(status_v),
         flags,
         details,
         term,
         utfr,
-        _i(g("bytes_received")),
-        _i(g("bytes_sent")),
+        bin_v
+        if ((bin_v := g("bytes_received")).__class__ is int and bin_v >= 0)
+        else _i(bin_v),
+        bout_v
+        if ((bout_v := g("bytes_sent")).__class__ is int and bout_v >= 0)
+        else _i(bout_v),
         _f(g("duration")),
         request_id,
         authority,
