@@ -16,12 +16,17 @@ Contract:
   same telemetry yields the same uids; ``metadata.uid`` (one per emitted event) is a uuid5 of the
   incident uid and a per-incident sequence number, equally deterministic. Receivers dedupe on it.
 * Every timestamp is event time in epoch milliseconds: ``time`` is the end of the newest window
-  (Create/Update) or ``last_seen + close_after_quiet_s`` (Close: when the incident became quiet,
-  independent of how often ``tick`` runs). Wall clock never enters a finding.
+  (Create/Update) or ``last_seen + close_after_quiet_s`` (Close on silence: when the incident
+  became quiet, independent of how often ``tick`` runs); an eviction or ``close_all(now_ts)``
+  closes at the event time it happens. Wall clock never enters a finding.
+* ``status_id``: 1 New for Create and Update (nobody has reviewed it yet), 99 Other with
+  ``status`` "Closed" and the reason in ``status_detail`` for Close (OCSF 4 Resolved means
+  "reviewed and remediated", which an automatic close on silence is not).
 * At most ``max_open`` incidents are open; opening one more closes the least recently seen one
   (a Close with ``status_detail`` saying so), counted in ``stats["evicted"]``.
-* ``get_state()``/``set_state()`` round-trip through JSON for checkpoints; ``Anomaly.baseline`` and
-  ``Anomaly.evidence`` must therefore hold JSON-like values (others are stringified).
+* ``get_state()``/``set_state()`` round-trip through JSON for checkpoints. ``Anomaly.baseline``
+  and ``Anomaly.evidence`` should hold JSON-like values; numpy scalars/arrays are converted, any
+  other object is stringified.
 * Findings validate against ``jsonschema/1.8.0/detection_finding.schema.json`` (no profiles):
   everything OCSF has no attribute for goes under ``unmapped``.
 * ``attach_remediation`` fills OCSF ``remediation`` (used by the response stage);
