@@ -467,7 +467,7 @@ def _build(
     detail = details or term_details
     if is_conn:
         outcome = _connection_outcome(flags, detail, failure_reason)
-    elif flags is None and detail is None:
+    elif flags is None and (detail is None or detail == "via_upstream"):
         outcome = outcome_for_status(status)  # the common case: skip the auth checks
     else:
         outcome = classify_auth(status, flags, detail, failure_reason)
