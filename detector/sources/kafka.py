@@ -224,6 +224,8 @@ class KafkaSource:
 
     async def batches(self) -> AsyncIterator[Batch]:
         consumer = await self._start()
+        if consumer is None:  # stopped while still connecting
+            return
         s = self.settings
         timeout_ms = s.poll_timeout_ms
         max_records = s.max_poll_records
@@ -395,7 +397,7 @@ class KafkaSource:
             kw["ssl_context"] = ctx
         return kw
 
-    async def _start(self) -> AIOKafkaConsumer:
+    async def _start(self) -> AIOKafkaConsumer | None:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.abc import ConsumerRebalanceListener
         from aiokafka.errors import KafkaError
@@ -438,6 +440,8 @@ class KafkaSource:
                 continue
             self._consumer = consumer
             return consumer
+        if self._stopping:
+            return None
         raise InfrastructureError(
             f"kafka source {self.name}: cannot reach {servers} (group {s.group_id}) within "
             f"{s.connect_timeout_s:g}s: {last_error}"

@@ -326,3 +326,25 @@ async def test_unreachable_broker_raises_infrastructure_error_in_time() -> None:
     msg = str(info.value)
     assert "\n" not in msg and f"127.0.0.1:{port}" in msg and "2s" in msg
     await src.stop()  # idempotent after failure
+
+
+@pytest.mark.kafka
+async def test_stop_while_still_connecting_ends_cleanly() -> None:
+    src = KafkaSource(
+        KafkaSettings(
+            bootstrap_servers=[f"127.0.0.1:{free_port()}"],
+            topics=[{"name": "x"}],
+            connect_timeout_s=30,
+            request_timeout_ms=1000,
+        )
+    )
+
+    async def drain() -> int:
+        return len([b async for b in src.batches()])
+
+    task = asyncio.create_task(drain())
+    await asyncio.sleep(0.5)
+    t0 = time.monotonic()
+    await src.stop()
+    assert await asyncio.wait_for(task, timeout=5) == 0  # no error, no batches
+    assert time.monotonic() - t0 < 5
