@@ -217,4 +217,3 @@ class KafkaHelper:
 @pytest.fixture
 def kafka(kafka_bootstrap: str) -> KafkaHelper:
     return KafkaHelper(kafka_bootstrap)
-
