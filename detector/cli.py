@@ -336,6 +336,135 @@ def replay(model_dir: str, inputs: tuple[str, ...], out_dir: str, lateness_s: fl
     )
 
 
+@main.command()
+@click.option(
+    "-o",
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Folder for train/, test/ (with labels.jsonl) and manifest.json.",
+)
+@click.option("--train-hours", type=click.FloatRange(1, 24 * 30), default=48, show_default=True)
+@click.option("--test-hours", type=click.FloatRange(1, 24 * 7), default=12, show_default=True)
+@click.option(
+    "--start",
+    default="2026-01-05T00:00:00Z",
+    show_default=True,
+    help="Event time the training span starts at (ISO 8601).",
+)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option(
+    "--intensity",
+    type=click.FloatRange(0.05, 10),
+    default=1.0,
+    show_default=True,
+    help="Scale of every injected scenario.",
+)
+@click.option(
+    "--scenarios/--no-scenarios",
+    default=True,
+    show_default=True,
+    help="Inject the labelled attacks and traps into the test span.",
+)
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    type=click.Choice(["envoy_json", "envoy_text", "k8s_audit", "hubble", "otlp_proto_traces"]),
+    help="Formats to write (repeatable; default Istio JSON and text and k8s audit).",
+)
+@click.option("--gz", is_flag=True, help="Write gzip-compressed files.")
+@_friendly
+def simulate(
+    out_dir: str,
+    train_hours: float,
+    test_hours: float,
+    start: str,
+    seed: int,
+    intensity: float,
+    scenarios: bool,
+    formats: tuple[str, ...],
+    gz: bool,
+) -> None:
+    """Generate multi-cluster mesh telemetry in the real formats, with labelled scenarios.
+
+    \b
+    Three clusters (prod-eu, prod-us, staging) sharing one trust domain, with daily and weekly
+    rhythms. The test span carries attacks (lateral movement, credential replay from another
+    cluster, exfiltration, credential stuffing, policy probing, Kubernetes API abuse, a slow
+    ramp) and traps that must not raise security findings (a global surge, a new service
+    rollout, an availability outage); OUT/test/labels.jsonl is the ground truth.
+    """
+    import datetime as dt
+
+    from detector.simulation import default_scenarios, write_files
+
+    try:
+        t0 = dt.datetime.fromisoformat(start.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        raise click.BadParameter(f"not an ISO 8601 time: {start}", param_hint="--start") from None
+    train_s, test_s = train_hours * 3600, test_hours * 3600
+    scen = default_scenarios(t0 + train_s, test_s, intensity) if scenarios else []
+    kwargs: dict[str, Any] = {"formats": formats} if formats else {}
+    manifest = write_files(
+        out_dir,
+        train_start=t0,
+        train_s=train_s,
+        test_s=test_s,
+        seed=seed,
+        scenarios=scen,
+        gz=gz,
+        **kwargs,
+    )
+    total = sum(manifest["files"].values())
+    click.echo(
+        f"detector: wrote {total} records in {len(manifest['files'])} files to {out_dir}"
+        f" ({len(scen)} scenarios)",
+        err=True,
+    )
+
+
+@main.command()
+@click.option(
+    "--labels",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Ground truth (labels.jsonl written by 'detector simulate').",
+)
+@click.option(
+    "--findings",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="findings.jsonl written by 'detector replay'.",
+)
+@click.option(
+    "--manifest",
+    type=click.Path(dir_okay=False),
+    help="The simulation's manifest.json (for the test span; default: beside labels).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_friendly
+def evaluate(labels: str, findings: str, manifest: str | None, as_json: bool) -> None:
+    """Score findings against labelled scenarios: recall, time to detect, false positives per
+    hour, precision per scenario, and whether any trap raised a security finding."""
+    from detector.evaluation import evaluate as do_eval
+    from detector.evaluation import format_report, read_jsonl
+
+    man_path = (
+        Path(manifest) if manifest else Path(labels).resolve().parent.parent / "manifest.json"
+    )
+    try:
+        span = orjson.loads(man_path.read_bytes())["spans"]["test"]
+    except (OSError, KeyError, orjson.JSONDecodeError) as e:
+        raise InfrastructureError(f"cannot read the test span from {man_path}: {e}") from None
+    report = do_eval(read_jsonl(labels), read_jsonl(findings), (span["start"], span["end"]))
+    if as_json:
+        click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(format_report(report))
+
+
 @main.group()
 def models() -> None:
     """List, compare and revert versions of a model directory written by 'detector train'."""

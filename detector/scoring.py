@@ -198,7 +198,7 @@ class Scorer:
 
     def process_batch(self, batch: WindowBatch) -> list[Anomaly]:
         self._note_time(batch)
-        scored = batch
+        scored: WindowBatch | None = batch
         if self._window_rules:
             keep = [
                 w for w in batch.windows if not any(r.matches_window(w) for r in self._window_rules)
