@@ -240,6 +240,13 @@ def _settings(window_s: float | None, lateness_s: float | None) -> Any:
     return s
 
 
+_cluster_from_filename = click.option(
+    "--cluster-from-filename",
+    is_flag=True,
+    help="Each input file names its cluster: 'prod-eu.k8s_audit.jsonl' comes from prod-eu "
+    "(for logs that do not name their cluster, such as Kubernetes audit files).",
+)
+
 _inputs = click.option(
     "-i",
     "--input",
@@ -263,6 +270,7 @@ _inputs = click.option(
 )
 @click.option("--window-s", type=float, help="Window length in seconds (default 60).")
 @click.option("--lateness-s", type=float, help="Allowed lateness in seconds (default 30).")
+@_cluster_from_filename
 @click.option(
     "--calibration-share",
     type=click.FloatRange(0.05, 0.9),
@@ -276,6 +284,7 @@ def train(
     out_dir: str,
     window_s: float | None,
     lateness_s: float | None,
+    cluster_from_filename: bool,
     calibration_share: float,
 ) -> None:
     """Learn baselines from recorded telemetry and write a versioned model artifact.
@@ -286,7 +295,13 @@ def train(
     """
     from detector.replay import train as do_train
 
-    res = do_train(inputs, out_dir, _settings(window_s, lateness_s), calibration_share)
+    res = do_train(
+        inputs,
+        out_dir,
+        _settings(window_s, lateness_s),
+        calibration_share,
+        cluster_from_filename=cluster_from_filename,
+    )
     m = res.scorer.stats
     click.echo(
         f"detector: trained {res.version_dir} on {res.stats.records} records "
@@ -316,8 +331,15 @@ def train(
     help="Where findings.jsonl and actions.jsonl are written.",
 )
 @click.option("--lateness-s", type=float, help="Allowed lateness in seconds (default 30).")
+@_cluster_from_filename
 @_friendly
-def replay(model_dir: str, inputs: tuple[str, ...], out_dir: str, lateness_s: float | None) -> None:
+def replay(
+    model_dir: str,
+    inputs: tuple[str, ...],
+    out_dir: str,
+    lateness_s: float | None,
+    cluster_from_filename: bool,
+) -> None:
     """Run detection over recorded telemetry in event time, as fast as the machine allows.
 
     Writes OUT/findings.jsonl (one OCSF Detection Finding per line, `time` in epoch ms of
@@ -326,7 +348,13 @@ def replay(model_dir: str, inputs: tuple[str, ...], out_dir: str, lateness_s: fl
     """
     from detector.replay import replay as do_replay
 
-    res = do_replay(model_dir, inputs, out_dir, _settings(None, lateness_s))
+    res = do_replay(
+        model_dir,
+        inputs,
+        out_dir,
+        _settings(None, lateness_s),
+        cluster_from_filename=cluster_from_filename,
+    )
     types = ", ".join(f"{k} {v}" for k, v in sorted(res.by_type.items())) or "none"
     click.echo(
         f"detector: replayed {res.stats.records} records "

@@ -12,6 +12,9 @@ Contract:
   and ``out_dir/actions.jsonl`` (one line per remediation action the playbooks would take).
   Online learning goes on during the replay (windows that raised findings excepted), as in the
   service.
+* ``cluster_from_filename``: each file is its own stream whose static cluster is the first
+  dot-separated part of its name (``prod-eu.k8s_audit.jsonl``), for inputs such as audit logs
+  that do not name their cluster (the simulator writes files that way).
 * A progress bar on stderr shows how far the input has been read, on a terminal only.
 """
 
@@ -34,7 +37,7 @@ from detector.errors import DecodeError, InfrastructureError, PartialDecode
 from detector.flows import EdgeWindow
 from detector.pipeline import Pipeline, PipelineSettings, PipelineStats
 from detector.scoring import Scorer, Thresholds
-from detector.sources import Batch
+from detector.sources import Batch, StaticAttrs
 from detector.sources.file import FileSource, open_maybe_gzip
 
 
@@ -139,14 +142,37 @@ class _WindowCollector:
         return None
 
 
+def cluster_of(path: Path) -> str:
+    """The cluster a file is named after: ``prod-eu.envoy_json.jsonl.gz`` -> ``prod-eu``."""
+    return path.name.split(".", 1)[0]
+
+
 def _run(
-    paths: Sequence[Path], settings: PipelineSettings, sink: Any, label: str
+    paths: Sequence[Path],
+    settings: PipelineSettings,
+    sink: Any,
+    label: str,
+    cluster_from_filename: bool = False,
 ) -> tuple[Pipeline, PipelineStats]:
     progress = _Progress(paths, label)
     pipeline = Pipeline(settings, sinks=[sink], on_progress=progress)
-    source = FileSource(paths, fmt="auto", max_record_bytes=settings.max_record_bytes)
+    mb = settings.max_record_bytes
+    if cluster_from_filename:
+        # one stream per file, each naming its cluster (as a topic per cluster would)
+        sources: list[Any] = [
+            FileSource(
+                [p],
+                fmt="auto",
+                static=StaticAttrs(cluster=cluster_of(p)),
+                max_record_bytes=mb,
+                name=cluster_of(p),
+            )
+            for p in paths
+        ]
+    else:
+        sources = [FileSource(paths, fmt="auto", max_record_bytes=mb)]
     try:
-        stats = asyncio.run(pipeline.run([source]))
+        stats = asyncio.run(pipeline.run(sources))
     finally:
         progress.close()
     return pipeline, stats
@@ -167,13 +193,15 @@ def train(
     settings: PipelineSettings | None = None,
     calibration_share: float = 0.3,
     thresholds: Thresholds | None = None,
+    cluster_from_filename: bool = False,
 ) -> TrainResult:
     paths = expand_inputs(inputs)
     settings = settings or PipelineSettings(allowed_lateness_s=30.0)
     lo, hi = event_span(paths)
     split = lo + (hi - lo) * (1.0 - calibration_share)
     scorer = Scorer(thresholds=thresholds)
-    _, stats = _run(paths, settings, _WindowCollector(lambda ws: scorer.train(ws, split)), "train")
+    collector = _WindowCollector(lambda ws: scorer.train(ws, split))
+    _, stats = _run(paths, settings, collector, "train", cluster_from_filename)
     scorer.finish_training()
     metrics = {
         "records": stats.records,
@@ -211,6 +239,7 @@ def replay(
     inputs: Iterable[str | Path],
     out_dir: str | Path,
     settings: PipelineSettings | None = None,
+    cluster_from_filename: bool = False,
 ) -> ReplayResult:
     from detector.findings import IncidentTracker
 
@@ -241,5 +270,5 @@ def replay(
                 for a in anomalies:
                     counts[a.finding_type] = counts.get(a.finding_type, 0) + 1
 
-        _, stats = _run(paths, settings, _WindowCollector(handle), "replay")
+        _, stats = _run(paths, settings, _WindowCollector(handle), "replay", cluster_from_filename)
     return ReplayResult(n_findings, 0, stats, scorer, counts)

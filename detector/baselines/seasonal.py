@@ -42,9 +42,11 @@ _SQRT2 = math.sqrt(2.0)
 class _Edge:
     """Learned state of one edge."""
 
-    __slots__ = ("b_in", "b_out", "lat", "s", "ss")
+    __slots__ = ("b_in", "b_out", "born", "lat", "s", "ss")
 
-    def __init__(self) -> None:
+    def __init__(self, born: np.ndarray | None = None) -> None:
+        # learned windows per hour before the edge first appeared: they say nothing about it
+        self.born = np.zeros(24) if born is None else born.copy()
         self.s = np.zeros((2, 24))  # requests, errors per hour
         self.ss = np.zeros((2, 24))
         self.b_out = [0.0, 0.0, 0.0]  # n, sum, sumsq of log1p(bytes_out / request)
@@ -140,7 +142,7 @@ class SeasonalModel:
                 continue
             e = self.edges_.get(key)
             if e is None:
-                e = self.edges_[key] = _Edge()
+                e = self.edges_[key] = _Edge(self.n_h_ - 1.0 * (np.arange(24) == h))
             x = float(w.total)
             e.s[REQ, h] += x
             e.ss[REQ, h] += x * x
@@ -164,11 +166,11 @@ class SeasonalModel:
 
     def expected(self, e: _Edge, f: int, h: int) -> tuple[float, float]:
         """(mean, dispersion alpha) of feature ``f`` for edge ``e`` at hour ``h``."""
-        n_h = self.n_h_
+        n_h = self.n_h_ - e.born  # only windows since the edge appeared
         total_n = n_h.sum()
         mean_e = e.s[f].sum() / total_n if total_n else 0.0
         k = self.prior_windows
-        mu = (e.s[f, h] + k * mean_e * self._profile(h)) / (n_h[h] + k)
+        mu = (e.s[f, h] + k * mean_e * self._profile(h)) / (n_h[h] + k) if total_n else 0.0
         with np.errstate(divide="ignore", invalid="ignore"):
             m = e.s[f] / n_h
             var = e.ss[f] / n_h - m * m
@@ -382,11 +384,11 @@ class SeasonalModel:
         self, seen: set[str], h: int, scale: float, start: float, end: float, out: list[Anomaly]
     ) -> None:
         """Busy edges that went silent: only edges expecting many requests can tell."""
-        n_h = self.n_h_[h]
-        if n_h < 3:
+        if self.n_h_[h] < 3:
             return
         for key, e in self.edges_.items():
-            if key in seen or e.s[REQ, h] / n_h < self.drop_min_expected:
+            n_h = self.n_h_[h] - e.born[h]
+            if key in seen or n_h < 3 or e.s[REQ, h] / n_h < self.drop_min_expected:
                 continue
             mu, alpha = self.expected(e, REQ, h)
             mu *= scale
@@ -454,7 +456,7 @@ class SeasonalModel:
             "n_h": self.n_h_.tolist(),
             "g_h": self.g_h_.tolist(),
             "edges": {
-                k: [e.s.tolist(), e.ss.tolist(), e.b_out, e.b_in, e.lat]
+                k: [e.s.tolist(), e.ss.tolist(), e.b_out, e.b_in, e.lat, e.born.tolist()]
                 for k, e in self.edges_.items()
             },
         }
@@ -463,8 +465,8 @@ class SeasonalModel:
         self.n_h_ = np.asarray(state["n_h"], dtype=np.float64)
         self.g_h_ = np.asarray(state["g_h"], dtype=np.float64)
         self.edges_ = {}
-        for k, (s, ss, b_out, b_in, lat) in state["edges"].items():
-            e = _Edge()
+        for k, (s, ss, b_out, b_in, lat, born) in state["edges"].items():
+            e = _Edge(np.asarray(born, dtype=np.float64))
             e.s = np.asarray(s, dtype=np.float64)
             e.ss = np.asarray(ss, dtype=np.float64)
             e.b_out, e.b_in, e.lat = list(b_out), list(b_in), list(lat)

@@ -19,6 +19,7 @@ Contract:
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import math
 import operator
@@ -114,7 +115,10 @@ class Simulator:
         n = len(edges)
         cl = list(m.clusters)
         self.cluster_names = cl
+        # Services a scenario may involve always log JSON, with or without scenarios active:
+        # a training span must log them the same way as the test span it is compared with.
         pinned = {svc for s in self.o.scenarios for svc in s.services}
+        pinned |= _scenario_services(self.o.topology_seed)
         svc_keys = sorted({e.dst.key for e in edges}, key=_stable)
         n_text = round(self.o.text_share * len(svc_keys))
         text_keys = set([k for k in svc_keys if k not in pinned][:n_text])
@@ -558,3 +562,16 @@ def generate(start: float, end: float, **options: Any) -> Iterator[Record]:
 
 
 __all__ = ["INF", "SimOptions", "Simulator", "generate", "season"]
+
+
+@functools.lru_cache(maxsize=4)
+def _scenario_services(topology_seed: int) -> frozenset[str]:
+    """Every service the default scenarios touch, on a throwaway copy of the mesh."""
+    from detector.simulation.scenarios import default_scenarios
+
+    mesh = build_mesh(topology_seed)
+    out: set[str] = set()
+    for sc in default_scenarios(0.0, 36_000.0):
+        sc.apply(mesh)
+        out.update(sc.services)
+    return frozenset(out)
