@@ -42,11 +42,12 @@ _SQRT2 = math.sqrt(2.0)
 class _Edge:
     """Learned state of one edge."""
 
-    __slots__ = ("b_in", "b_out", "born", "lat", "s", "ss")
+    __slots__ = ("alpha", "b_in", "b_out", "born", "lat", "s", "ss")
 
     def __init__(self, born: np.ndarray | None = None) -> None:
         # learned windows per hour before the edge first appeared: they say nothing about it
         self.born = np.zeros(24) if born is None else born.copy()
+        self.alpha: list[float | None] = [None, None]  # dispersion per feature, until next learn
         self.s = np.zeros((2, 24))  # requests, errors per hour
         self.ss = np.zeros((2, 24))
         self.b_out = [0.0, 0.0, 0.0]  # n, sum, sumsq of log1p(bytes_out / request)
@@ -144,6 +145,7 @@ class SeasonalModel:
             if e is None:
                 e = self.edges_[key] = _Edge(self.n_h_ - 1.0 * (np.arange(24) == h))
             x = float(w.total)
+            e.alpha = [None, None]
             e.s[REQ, h] += x
             e.ss[REQ, h] += x * x
             e.s[ERR, h] += w.errors
@@ -167,17 +169,20 @@ class SeasonalModel:
     def expected(self, e: _Edge, f: int, h: int) -> tuple[float, float]:
         """(mean, dispersion alpha) of feature ``f`` for edge ``e`` at hour ``h``."""
         n_h = self.n_h_ - e.born  # only windows since the edge appeared
-        total_n = n_h.sum()
-        mean_e = e.s[f].sum() / total_n if total_n else 0.0
+        total_n = float(n_h.sum())
+        mean_e = float(e.s[f].sum()) / total_n if total_n else 0.0
         k = self.prior_windows
         mu = (e.s[f, h] + k * mean_e * self._profile(h)) / (n_h[h] + k) if total_n else 0.0
-        with np.errstate(divide="ignore", invalid="ignore"):
-            m = e.s[f] / n_h
-            var = e.ss[f] / n_h - m * m
-            alpha_cells = (var - m) / (m * m)
-        good = np.isfinite(alpha_cells) & (n_h >= 3) & (m > 0)
-        alpha = float(np.median(alpha_cells[good])) if good.any() else 1.0
-        return float(mu), min(max(alpha, self.min_dispersion), 10.0)
+        alpha = e.alpha[f]
+        if alpha is None:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                m = e.s[f] / n_h
+                var = e.ss[f] / n_h - m * m
+                alpha_cells = (var - m) / (m * m)
+            good = np.isfinite(alpha_cells) & (n_h >= 3) & (m > 0)
+            raw = float(np.median(alpha_cells[good])) if good.any() else 1.0
+            alpha = e.alpha[f] = min(max(raw, self.min_dispersion), 10.0)
+        return float(mu), alpha
 
     def global_factor(self, batch: WindowBatch) -> tuple[float, int, int]:
         """(observed/expected requests over known edges, edges moving with it, known edges)."""

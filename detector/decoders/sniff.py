@@ -29,6 +29,9 @@ def sniff(data: bytes) -> str | None:
     if c == b"{":
         if b'"log":' in head or b'"kubernetes":' in head:
             return "wrapped"
+        # Istio's JSON format opens with start_time: the common case decides in one search
+        if head.startswith(b'{"start_time"'):
+            return "envoy_json"
         if b'"resourceSpans"' in head or b'"resourceLogs"' in head:
             return "otlp_json"
         if b'"flow":' in head or (b'"verdict":' in head and b'"IP":' in head):
