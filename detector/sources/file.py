@@ -10,6 +10,8 @@ Contract:
   rest of it is skipped without being held in memory.
 * ``follow``: at end of file, poll every ``poll_interval_s``; a partial last line waits for its
   newline; a truncated or replaced file (rotation) is reopened from the start.
+* A file that is not line-oriented (binary, e.g. an OTLP protobuf export, or one JSON document
+  pretty-printed over many lines) is delivered whole as one unit at position 1.
 * A file that cannot be opened raises ``InfrastructureError`` naming it. ``.gz`` is detected by
   its magic bytes, not its name.
 * ``commit`` is a no-op: files are replayed from the start.
@@ -49,7 +51,32 @@ class _Reader:
         self.fh: IO[bytes] | None = None
         self.ino: int | None = None
         self.done = False
+        self.whole = False  # the file is one unit (binary protobuf, pretty-printed JSON)
         self.open()
+        self.whole = self._is_document()
+
+    def _is_document(self) -> bool:
+        """Not line-oriented: a binary message or one JSON document over many lines.
+
+        OTLP exports saved to a file (``.binpb``, or ``otlp_json`` pretty-printed as in the
+        OTLP examples) hold one message; splitting them at newlines would break them.
+        """
+        assert self.fh is not None
+        head = self.fh.peek(4096)[:4096] if hasattr(self.fh, "peek") else b""
+        if not head:
+            return False
+        first = head.split(b"\n", 1)[0].strip()
+        if first in (b"{", b"["):
+            return True
+        # binary from its very start (a protobuf message); garbage later in a text log is not
+        start = head[:64]
+        if b"\x00" in start:
+            return True
+        try:
+            start.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return e.start < len(start) - 4  # not just a multi-byte char cut at the end
+        return False
 
     def open(self) -> None:
         try:
@@ -61,6 +88,12 @@ class _Reader:
     def read(self, n: int, at_eof_final: bool) -> tuple[list[bytes], list[int], bool]:
         """Up to ``n`` lines; returns (units, line numbers, reached end of file)."""
         assert self.fh is not None
+        if self.whole:
+            if self.line_no:
+                return [], [], True
+            self.line_no = 1
+            data = self.fh.read(self.limit + 1)  # more than the limit is rejected as oversized
+            return ([data] if data.strip() else []), ([1] if data.strip() else []), True
         units: list[bytes] = []
         nums: list[int] = []
         readline = self.fh.readline

@@ -112,3 +112,16 @@ async def test_stdin_lines_eof_and_oversized() -> None:
     assert units[:2] == [b"a", b"b"] and len(units[2]) == 101 and units[3] == b"c"
     assert [o for x in batches for o in x.offsets] == [1, 2, 3, 4]
     assert batches[-1].end
+
+
+async def test_binary_and_pretty_json_files_are_one_unit(tmp_path: Path) -> None:
+    binary = tmp_path / "export.binpb"
+    binary.write_bytes(b"\x0a\x84\x01\x0a\x00\n\n\x12\x7f binary with newlines")
+    pretty = tmp_path / "export.json"
+    pretty.write_bytes(b'{\n  "resourceSpans": [\n  ]\n}\n')
+    text = tmp_path / "text.log"
+    text.write_bytes(b"line one\nline two \x00\xff later garbage\n")
+    got = {x.stream: x.units for x in await collect(FileSource([binary, pretty, text])) if x.units}
+    assert got[str(binary)] == [binary.read_bytes()]
+    assert got[str(pretty)] == [pretty.read_bytes()]
+    assert len(got[str(text)]) == 2  # a text log with garbage later stays line by line
