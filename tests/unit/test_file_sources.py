@@ -120,7 +120,7 @@ async def test_binary_and_pretty_json_files_are_one_unit(tmp_path: Path) -> None
     pretty = tmp_path / "export.json"
     pretty.write_bytes(b'{\n  "resourceSpans": [\n  ]\n}\n')
     text = tmp_path / "text.log"
-    text.write_bytes(b"line one\nline two \x00\xff later garbage\n")
+    text.write_bytes(b"line one: a perfectly ordinary first line of a text log\nline two \x00\xff later garbage\n")
     got = {x.stream: x.units for x in await collect(FileSource([binary, pretty, text])) if x.units}
     assert got[str(binary)] == [binary.read_bytes()]
     assert got[str(pretty)] == [pretty.read_bytes()]
