@@ -138,6 +138,10 @@ class Pipeline:
     async def run(self, sources: Sequence[Source]) -> PipelineStats:
         start = time.perf_counter()
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.settings.queue_batches)
+        for src in sources:
+            hook = getattr(src, "on_revoked", None)
+            if hook is not None:
+                hook(self._on_revoked)
         pumps = [asyncio.create_task(self._pump(src, queue)) for src in sources]
         stopper = asyncio.create_task(self._stop.wait())
         remaining = len(pumps)
@@ -317,6 +321,21 @@ class Pipeline:
         except Exception as e:  # a source bug is an infrastructure failure: exit, restart
             await queue.put(InfrastructureError(f"source {src.name} failed: {e!r}"))
         await queue.put(_END)
+
+    async def _on_revoked(self, streams: Sequence[str]) -> None:
+        """Partitions are being taken away: commit what is safe for them while we still own
+        them, so the next owner re-reads as little as possible (at-least-once: records of
+        still-open windows are read again by the next owner)."""
+        positions = self.aggregator.positions()
+        by_source: dict[int, tuple[Source, dict[str, int]]] = {}
+        for stream in streams:
+            src = self._stream_source.get(stream)
+            if src is not None and stream in positions:
+                by_source.setdefault(id(src), (src, {}))[1][stream] = positions[stream]
+        for src, per_stream in by_source.values():
+            await src.commit(per_stream)
+        for stream in streams:
+            self.aggregator.end_stream(stream)
 
     async def _on_idle(self) -> None:
         now = time.monotonic()
