@@ -217,3 +217,27 @@ async def test_bounded_queue_applies_backpressure() -> None:
     await p.run([Fast([])])
     # the source can never run more than queue size (+ the one in hand) ahead of the core
     assert max(seen_gap) <= 4 + 2
+
+
+async def test_revoked_partitions_commit_safe_positions_and_release_the_clock() -> None:
+    class Rebalancing(ListSource):
+        def __init__(self, batches: list[Batch]) -> None:
+            super().__init__(batches)
+            self.revoke_cbs: list = []
+
+        def on_revoked(self, cb) -> None:  # type: ignore[no-untyped-def]
+            self.revoke_cbs.append(cb)
+
+        async def batches(self) -> AsyncIterator[Batch]:
+            yield batch("t[0]", [unit(10)], 100)
+            yield batch("t[1]", [unit(20)], 7)
+            await asyncio.sleep(0.01)
+            for cb in self.revoke_cbs:  # the broker takes t[1] away
+                await cb(["t[1]"])
+
+    p = Pipeline(PipelineSettings(window_s=60, allowed_lateness_s=0))
+    src = Rebalancing([])
+    await p.run([src])
+    # while still owned, t[1] was committed at the first offset of its open window, not past it
+    assert src.commits[0] == {"t[1]": 7}
+    assert "t[1]" not in p.aggregator._stream_max_ts
