@@ -134,13 +134,25 @@ _HEXID = re.compile(r"^(?=.*\d)[0-9a-fA-F]{8,}$")
 _TOKEN = re.compile(r"^(?=.*\d)[A-Za-z0-9_\-=.]{16,}$")
 
 
+_HEX_DIGITS: Final = "0123456789abcdefABCDEF"
+_ID: Final = "{id}"
+
+
 def _template_segment(seg: str) -> str:
-    if not seg:
-        return seg
-    if seg.isdigit() or _UUID.match(seg) or _HEXID.match(seg) or _TOKEN.match(seg):
-        return "{id}"
-    if "@" in seg or len(seg) > 64:
-        return "{id}"
+    n = len(seg)
+    if n < 8:
+        # too short for the hex/token/UUID patterns: only digits and e-mail-like ids remain
+        return _ID if (n and seg.isdigit()) or "@" in seg else seg
+    if seg.isdigit():
+        return _ID
+    if n <= 64 and seg.isalpha():
+        return seg  # no digit (hex id, token) and no hyphen (UUID): a plain word
+    if seg.isascii() and seg.isalnum() and not seg.strip(_HEX_DIGITS):
+        return _ID  # >= 8 hex digits, at least one a digit (not isalpha)
+    if _UUID.match(seg) or _HEXID.match(seg) or _TOKEN.match(seg):
+        return _ID
+    if "@" in seg or n > 64:
+        return _ID
     return seg
 
 
@@ -153,7 +165,7 @@ def template_path(path: str) -> str:
         # absolute-form request target (Linkerd writes these): keep only the path
         slash = path.find("/", path.find("//") + 2)
         path = path[slash:] if slash >= 0 else "/"
-    return "/".join(_template_segment(s) for s in path.split("/")[:16])
+    return "/".join([_template_segment(s) for s in path.split("/")[:16]])
 
 
 class RouteTemplates:
@@ -175,7 +187,9 @@ class RouteTemplates:
         except KeyError:
             pass
         tpl = template_path(path)
-        known = self._per_service.setdefault(service, set())
+        known = self._per_service.get(service)
+        if known is None:
+            known = self._per_service[service] = set()
         if tpl not in known:
             if len(known) >= self.max_per_service:
                 self.overflowed += 1
@@ -392,8 +406,38 @@ class WindowAggregator:
         cur_w = math.nan
         cur_edges: dict[EdgeKey, _Acc] = {}
         late = 0
-        for r in records:
-            ts = r.ts
+        tcache = self.routes._cache
+        open_edges = self._open_edges
+        max_open = self.max_open_edges - 1  # one slot kept for overflow
+        # One UNPACK_SEQUENCE per record instead of a dozen attribute lookups; the field order
+        # is FlowRecord._fields.
+        for (
+            ts,
+            kind,
+            principal,
+            src_cluster,
+            src_ns,
+            src_workload,
+            ip,
+            dst_cluster,
+            dst_ns,
+            dst_svc,
+            _port,
+            method,
+            route,
+            _status,
+            outcome,
+            b_in,
+            b_out,
+            d,
+            _trace_id,
+            _span_id,
+            _parent_span_id,
+            _request_id,
+            _detail,
+            _source,
+            _offset,
+        ) in records:
             w = ts - ts % window_s
             if w < closed_before:
                 late += 1
@@ -413,30 +457,27 @@ class WindowAggregator:
                     elif first_offset < per.get(stream, first_offset + 1):
                         per[stream] = first_offset
             key = (
-                r.src_principal
-                or (f"{r.src_namespace}/{r.src_workload}" if r.src_workload else ANONYMOUS),
-                r.src_cluster or UNKNOWN,
-                r.dst_namespace or "",
-                r.dst_service or UNKNOWN,
-                r.dst_cluster or UNKNOWN,
+                principal or (f"{src_ns}/{src_workload}" if src_workload else ANONYMOUS),
+                src_cluster or UNKNOWN,
+                dst_ns or "",
+                dst_svc or UNKNOWN,
+                dst_cluster or UNKNOWN,
             )
             acc = cur_edges.get(key)
             if acc is None:
-                if self._open_edges >= self.max_open_edges - 1:  # one slot kept for overflow
+                if open_edges >= max_open:
                     stats.overflow += 1
                     key = (OVERFLOW, OVERFLOW, "", OVERFLOW, OVERFLOW)
                     acc = cur_edges.get(key)
                 if acc is None:
                     acc = cur_edges[key] = _Acc(ts)
-                    self._open_edges += 1
-            kind = r.kind
+                    open_edges += 1
             if kind == CONNECTION:
                 acc.connections += 1
             elif kind == API_AUDIT:
                 acc.api += 1
             else:
                 acc.requests += 1
-            outcome = r.outcome
             if outcome == OK:
                 acc.ok += 1
             elif outcome == ERROR:
@@ -446,20 +487,26 @@ class WindowAggregator:
                     acc.denied += 1
                 else:
                     acc.unauthenticated += 1
-                fip = r.src_ip
-                if fip is not None:
+                if ip is not None:
                     fails = acc.ip_failures
-                    if fip in fails:
-                        fails[fip] += 1
+                    if ip in fails:
+                        fails[ip] += 1
                     elif len(fails) < MAX_SRC_IPS:
-                        fails[fip] = 1
-            acc.bytes_in += r.bytes_in
-            acc.bytes_out += r.bytes_out
-            d = r.duration_ms
-            if d is not None and len(acc.durations) < MAX_DURATIONS:
-                acc.durations.append(d)
-            if r.route is not None or r.method is not None:
-                rk = (r.method, template(r.dst_service, r.route))
+                        fails[ip] = 1
+            acc.bytes_in += b_in
+            acc.bytes_out += b_out
+            if d is not None:
+                durs = acc.durations
+                if len(durs) < MAX_DURATIONS:
+                    durs.append(d)
+            if route is not None or method is not None:
+                if route is None:
+                    tpl = None
+                else:
+                    tpl = tcache.get((dst_svc, route))
+                    if tpl is None:
+                        tpl = template(dst_svc, route)
+                rk = (method, tpl)
                 routes = acc.routes
                 if rk in routes:
                     routes[rk] += 1
@@ -468,14 +515,16 @@ class WindowAggregator:
                 else:
                     ok_key = (None, OTHER_ROUTE)
                     routes[ok_key] = routes.get(ok_key, 0) + 1
-            ip = r.src_ip
-            if ip is not None and len(acc.src_ips) < MAX_SRC_IPS:
-                acc.src_ips.add(ip)
+            if ip is not None:
+                ips = acc.src_ips
+                if len(ips) < MAX_SRC_IPS:
+                    ips.add(ip)
             if ts < acc.first_ts:
                 acc.first_ts = ts
             elif ts > acc.last_ts:
                 acc.last_ts = ts
             last_seen[key] = ts
+        self._open_edges = open_edges
         stats.records += len(records) - late
         if late:
             stats.late += late
@@ -559,37 +608,76 @@ class WindowAggregator:
         return out
 
 
+_Q_SMALL: Final = 256  # below this many samples, quantiles in plain Python beat numpy's setup
+_route_names: dict[tuple[str | None, str | None], str] = {}
+
+
+def _quantiles(durations: list[float]) -> tuple[float, float, float]:
+    """p50/p90/p99 exactly as ``np.quantile`` (method ``linear``) computes them, rounded to 3."""
+    n = len(durations)
+    if n > _Q_SMALL or not math.isfinite(sum(durations)):  # large, or NaN/inf: numpy decides
+        qs = np.quantile(np.asarray(durations, dtype=np.float64), (0.5, 0.9, 0.99))
+        return round(float(qs[0]), 3), round(float(qs[1]), 3), round(float(qs[2]), 3)
+    xs = sorted(durations)
+    last = n - 1
+    out = []
+    for q in (0.5, 0.9, 0.99):
+        vi = last * q
+        if vi >= last:
+            v = xs[last]
+        else:
+            lo = math.floor(vi)
+            a = xs[lo]
+            b = xs[lo + 1]
+            t = vi - lo
+            diff = b - a
+            # numpy's _lerp: from the upper neighbour when t >= 0.5 (same rounding as numpy)
+            v = b - diff * (1 - t) if t >= 0.5 else a + diff * t
+        out.append(round(float(v), 3))
+    return out[0], out[1], out[2]
+
+
+def _route_name(mt: tuple[str | None, str | None]) -> str:
+    name = _route_names.get(mt)
+    if name is None:
+        m, t = mt
+        name = f"{m} {t}" if m else (t or "")
+        if len(_route_names) >= 65536:
+            _route_names.clear()
+        _route_names[mt] = name
+    return name
+
+
 def _materialise(w: float, ws: float, key: EdgeKey, acc: _Acc) -> EdgeWindow:
     p50 = p90 = p99 = None
     if acc.durations:
-        q = np.quantile(np.asarray(acc.durations, dtype=np.float64), (0.5, 0.9, 0.99))
-        p50, p90, p99 = (round(float(x), 3) for x in q)
-    routes = {(f"{m} {t}" if m else (t or "")): n for (m, t), n in acc.routes.items()}
+        p50, p90, p99 = _quantiles(acc.durations)
+    routes = {_route_name(mt): n for mt, n in acc.routes.items()}
     return EdgeWindow(
-        window_start=w,
-        window_end=w + ws,
-        src_principal=key[0],
-        src_cluster=key[1],
-        dst_namespace=key[2],
-        dst_service=key[3],
-        dst_cluster=key[4],
-        requests=acc.requests,
-        connections=acc.connections,
-        api_calls=acc.api,
-        ok=acc.ok,
-        errors=acc.error,
-        denied=acc.denied,
-        unauthenticated=acc.unauthenticated,
-        bytes_in=acc.bytes_in,
-        bytes_out=acc.bytes_out,
-        latency_p50_ms=p50,
-        latency_p90_ms=p90,
-        latency_p99_ms=p99,
-        routes=routes,
-        src_ips=tuple(sorted(acc.src_ips)),
-        failures_by_ip=acc.ip_failures,
-        first_seen=acc.first_ts,
-        last_seen=acc.last_ts,
+        w,
+        w + ws,
+        key[0],
+        key[1],
+        key[2],
+        key[3],
+        key[4],
+        acc.requests,
+        acc.connections,
+        acc.api,
+        acc.ok,
+        acc.error,
+        acc.denied,
+        acc.unauthenticated,
+        acc.bytes_in,
+        acc.bytes_out,
+        p50,
+        p90,
+        p99,
+        routes,
+        tuple(sorted(acc.src_ips)),
+        acc.ip_failures,
+        acc.first_ts,
+        acc.last_ts,
     )
 
 

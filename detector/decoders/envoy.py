@@ -422,6 +422,55 @@ def hex_id(v: str | None) -> str | None:
 # Shared record builder
 
 
+_Dest = tuple[str | None, str | None, int | None, str | None]
+_dest_cache: dict[tuple[str | None, str | None, str | None], _Dest] = {}
+_spiffe_ns_cache: dict[str, str | None] = {}
+# HTTP status -> outcome, for the statuses a proxy can log (``outcome_for_status`` otherwise).
+_STATUS_OUTCOME: Final[dict[int | None, str]] = {
+    st: outcome_for_status(st) for st in [None, *range(1000)]
+}
+
+
+def _dest(upstream_cluster: str | None, sni: str | None, authority: str | None) -> _Dest:
+    """(service, namespace, port, direction) named by the cluster, SNI and authority; cached."""
+    key = (upstream_cluster, sni, authority)
+    hit = _dest_cache.get(key)
+    if hit is not None:
+        return hit
+    direction, port, svc, ns = parse_upstream_cluster(upstream_cluster)
+    if svc is None:
+        if direction == INBOUND:
+            # The inbound cluster of Istio >= 1.6 names only the port; the SNI the caller used
+            # names the service it meant to reach (mTLS), the authority what the app asked for.
+            s2, n2, p2 = _sni_host(sni)
+            if s2 is None:
+                s2, n2, p2 = split_host(authority)
+        else:
+            s2, n2, p2 = split_host(authority)
+            if s2 is None:
+                s2, n2, p2 = _sni_host(sni)
+        svc, ns = s2, n2
+        if port is None:
+            port = p2
+    res = (svc, ns, port, direction)
+    if len(_dest_cache) >= _CACHE_MAX:
+        _dest_cache.clear()
+    _dest_cache[key] = res
+    return res
+
+
+def _principal_ns(principal: str) -> str | None:
+    try:
+        return _spiffe_ns_cache[principal]
+    except KeyError:
+        pass
+    ns = spiffe_namespace(principal)
+    if len(_spiffe_ns_cache) >= _CACHE_MAX:
+        _spiffe_ns_cache.clear()
+    _spiffe_ns_cache[principal] = ns
+    return ns
+
+
 def _build(
     ts: float,
     method: str | None,
@@ -446,35 +495,30 @@ def _build(
     source: str | None,
     offset: int | None,
 ) -> FlowRecord:
-    direction, port, svc, ns = parse_upstream_cluster(upstream_cluster)
-    if svc is None:
-        if direction == INBOUND:
-            # The inbound cluster of Istio >= 1.6 names only the port; the SNI the caller used
-            # names the service it meant to reach (mTLS), the authority what the app asked for.
-            s2, n2, p2 = _sni_host(sni)
-            if s2 is None:
-                s2, n2, p2 = split_host(authority)
-        else:
-            s2, n2, p2 = split_host(authority)
-            if s2 is None:
-                s2, n2, p2 = _sni_host(sni)
-        svc, ns = s2, n2
-        if port is None:
-            port = p2
+    svc, ns, port = _dest(upstream_cluster, sni, authority)[:3]
     if port is None:
         port = _addr_port(downstream_local)
-    is_conn = method is None and protocol is None
     detail = details or term_details
-    if is_conn:
+    if method is None and protocol is None:
         outcome = _connection_outcome(flags, detail, failure_reason)
-    elif flags is None and (detail is None or detail == "via_upstream"):
-        outcome = outcome_for_status(status)  # the common case: skip the auth checks
+        kind = CONNECTION
     else:
-        outcome = classify_auth(status, flags, detail, failure_reason)
+        if flags is None and (detail is None or detail == "via_upstream"):
+            # the common case: skip the auth checks
+            outcome = _STATUS_OUTCOME.get(status) or outcome_for_status(status)
+        else:
+            outcome = classify_auth(status, flags, detail, failure_reason)
+        kind = REQUEST
     if outcome in (DENIED, UNAUTHENTICATED):
         kind = AUTH_FAILURE
+    if downstream_remote is not None:
+        # ip_of, inlined for the common "a.b.c.d:port"
+        if downstream_remote.count(":") == 1 and downstream_remote[:1] != "[":
+            src_ip = downstream_remote.partition(":")[0] or None
+        else:
+            src_ip = ip_of(downstream_remote)
     else:
-        kind = CONNECTION if is_conn else REQUEST
+        src_ip = _xff_peer(xff)
     # tuple.__new__ skips NamedTuple's Python-level __new__ (a third of the cost); the field
     # order is FlowRecord._fields, checked by the tests.
     return _new_record(
@@ -484,9 +528,9 @@ def _build(
             kind,
             principal,
             None,
-            spiffe_namespace(principal) if principal is not None else None,
+            _principal_ns(principal) if principal is not None else None,
             None,
-            ip_of(downstream_remote) if downstream_remote is not None else _xff_peer(xff),
+            src_ip,
             None,
             ns,
             svc,
@@ -548,6 +592,30 @@ def _ni(v: str | None) -> int | None:
     return int(v) if v is not None and v.isdigit() and len(v) < 19 else None
 
 
+# Groups every layout is read for, in ``_build``'s order; layouts without a group yield None.
+_TEXT_GROUPS: Final = (
+    "flags",
+    "details",
+    "term",
+    "utfr",
+    "rid",
+    "auth",
+    "ucluster",
+    "dlocal",
+    "dremote",
+    "sni",
+    "xff",
+)
+_TEXT_LAYOUT_GROUPS: Final = tuple(
+    (
+        rx,
+        tuple(g if g in rx.groupindex else "ts" for g in _TEXT_GROUPS),
+        [g in rx.groupindex for g in _TEXT_GROUPS],
+    )
+    for rx in _TEXT_LAYOUTS
+)
+
+
 def decode_text(
     data: bytes, source: str | None = None, offset: int | None = None
 ) -> list[FlowRecord]:
@@ -555,8 +623,8 @@ def decode_text(
     line = data.decode("utf-8", "replace").rstrip("\r\n")
     m = None
     if line[:1] == "[":
-        for rx in _TEXT_LAYOUTS:
-            m = rx.match(line)
+        for layout in _TEXT_LAYOUT_GROUPS:
+            m = layout[0].match(line)
             if m is not None:
                 break
     if m is None:
@@ -564,40 +632,52 @@ def decode_text(
             raise DecodeError("unknown_layout")
         # e.g. Envoy's own application log "[2021-03-12 15:31:30.492][1][warning][runtime] ...".
         raise DecodeError("not_access_log")
-    g = m.groupdict()
-    try:
-        ts = parse_ts(g["ts"])
-    except ValueError:
-        raise DecodeError("bad_timestamp") from None
+    t, req, status_s, bin_s, bout_s, dur_s = m.group("ts", "req", "status", "bin", "bout", "dur")
+    # Envoy writes "-" for unset values; an empty quoted string is unset as well. Groups a
+    # layout does not have (``present`` False) are unset too.
+    (flags, details, term, utfr, rid, auth, ucluster, dlocal, dremote, sni, xff) = [
+        None if not p or v is None or v == "-" or v == "" else v
+        for v, p in zip(m.group(*layout[1]), layout[2], strict=True)
+    ]
+    base = _sec_cache.get(t[:19]) if t[19:20] == "." and t[-1:] == "Z" else None
+    digits = t[20:-1] if base is not None else None
+    if digits is not None and digits.isdigit() and digits.isascii():
+        ts = base + float("0." + digits)  # type: ignore[operator]
+    else:
+        try:
+            ts = parse_ts(t)
+        except ValueError:
+            raise DecodeError("bad_timestamp") from None
     # "%REQ(:METHOD)% %PATH% %PROTOCOL%": "- - -" for TCP, "- - HTTP/1.1" for codec errors.
-    parts = g["req"].split(" ")
-    if len(parts) >= 3:
+    parts = req.split(" ")
+    if len(parts) == 3:
+        method, path, protocol = parts
+    elif len(parts) > 3:
         method, path, protocol = parts[0], " ".join(parts[1:-1]), parts[-1]
     else:
         method, path, protocol = [*parts, "-", "-"][:3]
-    dur = _ni(g["dur"])
     return [
         _build(
             ts,
-            _n(method),
-            _n(path),
-            _n(protocol),
-            _ni(g["status"]),
-            _n(g["flags"]),
-            _n(g.get("details")),
-            _n(g.get("term")),
-            _n(g.get("utfr")),
-            _ni(g["bin"]),
-            _ni(g["bout"]),
-            float(dur) if dur is not None else None,
-            _n(g["rid"]),
-            _n(g["auth"]),
-            _n(g.get("ucluster")),
-            _n(g.get("dlocal")),
-            _n(g.get("dremote")),
-            _n(g.get("sni")),
+            None if method == "-" or method == "" else method,
+            None if path == "-" or path == "" else path,
+            None if protocol == "-" or protocol == "" else protocol,
+            _ni(status_s),
+            flags,
+            details,
+            term,
+            utfr,
+            _ni(bin_s),
+            _ni(bout_s),
+            float(dur_s) if dur_s.isdigit() and len(dur_s) < 19 else None,
+            rid,
+            auth,
+            ucluster,
+            dlocal,
+            dremote,
+            sni,
             None,
-            _n(g["xff"]),
+            xff,
             source,
             offset,
         )
@@ -710,6 +790,52 @@ def decode_json(
     return [from_mapping(obj, source, offset)]
 
 
+# Keys ``_extras`` reads. An object's key layout (its keys in order: one sidecar config writes
+# the same layout on every line) maps to the ones it carries, so the common layouts skip
+# ``_extras`` and the rest read only what is there.
+_EXTRA_KEYS: Final = frozenset(
+    {
+        "source_cluster",
+        "source_namespace",
+        "source_workload",
+        "destination_cluster",
+        "destination_namespace",
+        "destination_service_namespace",
+        "destination_service_name",
+        "destination_service",
+        "x_request_id",
+        "destination_port",
+        "pod_namespace",
+        "cluster_id",
+        "istio_cluster_id",
+        "trace_id",
+        "traceparent",
+        "x_b3_traceid",
+        "span_id",
+        "x_b3_spanid",
+    }
+)
+# layout -> (extra keys present, has x_forwarded_client_cert, has upstream_local_uri_san)
+_Layout = tuple[frozenset[str], bool, bool]
+_layouts: dict[tuple[str, ...], _Layout] = {}
+_LAYOUTS_MAX: Final = 1024
+
+
+def _layout(d: dict[str, Any]) -> _Layout:
+    keys = tuple(d)
+    hit = _layouts.get(keys)
+    if hit is None:
+        hit = (
+            _EXTRA_KEYS.intersection(keys),
+            "x_forwarded_client_cert" in d,
+            "upstream_local_uri_san" in d,
+        )
+        if len(_layouts) >= _LAYOUTS_MAX:
+            _layouts.clear()
+        _layouts[keys] = hit
+    return hit
+
+
 def from_mapping(
     d: dict[str, Any], source: str | None = None, offset: int | None = None
 ) -> FlowRecord:
@@ -753,32 +879,42 @@ def from_mapping(
         else (None if v is None or v.__class__ is str else _s(v))
         for v in map(g, _JSON_STR_KEYS)
     ]
+    extra, has_xfcc, has_local_san = _layout(d)
     if principal is None:
         principal = peer_san
         if principal is None:
-            if upstream_cluster is not None and upstream_cluster.startswith("outbound|"):
+            if (
+                has_local_san
+                and upstream_cluster is not None
+                and upstream_cluster.startswith("outbound|")
+            ):
                 principal = _s(g("upstream_local_uri_san"))
-            if principal is None and "x_forwarded_client_cert" in d:
+            if principal is None and has_xfcc:
                 principal = _xfcc_uri(_s(g("x_forwarded_client_cert")))
+    status = g("response_code")
+    if status.__class__ is not int or status < 0:
+        status = _i(status)
+    b_in = g("bytes_received")
+    if b_in.__class__ is not int or b_in < 0:
+        b_in = _i(b_in)
+    b_out = g("bytes_sent")
+    if b_out.__class__ is not int or b_out < 0:
+        b_out = _i(b_out)
+    dur = g("duration")
+    dur = float(dur) if dur.__class__ is int else _f(dur)
     rec = _build(
         ts,
         method,
         path,
         protocol,
-        status_v
-        if ((status_v := g("response_code")).__class__ is int and status_v >= 0)
-        else _i(status_v),
+        status,
         flags,
         details,
         term,
         utfr,
-        bin_v
-        if ((bin_v := g("bytes_received")).__class__ is int and bin_v >= 0)
-        else _i(bin_v),
-        bout_v
-        if ((bout_v := g("bytes_sent")).__class__ is int and bout_v >= 0)
-        else _i(bout_v),
-        _f(g("duration")),
+        b_in,
+        b_out,
+        dur,
         request_id,
         authority,
         upstream_cluster,
@@ -790,62 +926,84 @@ def from_mapping(
         source,
         offset,
     )
-    # Less common keys: custom formats, Istio telemetry labels. Looked up only when the object
-    # carries a key beyond Istio's 24 defaults, which keeps the default format fast.
-    if not ISTIO_DEFAULT_JSON_KEYS.issuperset(d):
-        rec = _extras(rec, d, upstream_cluster)
+    # Less common keys: custom formats, Istio telemetry labels; read only when present.
+    if extra:
+        rec = _extras(rec, d, upstream_cluster, extra)
     return rec
 
 
-def _extras(rec: FlowRecord, d: dict[str, Any], upstream_cluster: str | None) -> FlowRecord:
+_EXTRA_FIELDS: Final = (
+    ("source_cluster", "src_cluster"),
+    ("source_namespace", "src_namespace"),
+    ("source_workload", "src_workload"),
+    ("destination_cluster", "dst_cluster"),
+    ("destination_namespace", "dst_namespace"),
+    ("destination_service_namespace", "dst_namespace"),
+    ("destination_service_name", "dst_service"),
+)
+_FIELD_INDEX: Final = {f: i for i, f in enumerate(FlowRecord._fields)}
+
+
+def _extras(
+    rec: FlowRecord,
+    d: dict[str, Any],
+    upstream_cluster: str | None,
+    present: frozenset[str] = _EXTRA_KEYS,
+) -> FlowRecord:
+    """``rec`` with what the less common keys say; ``present``: which of them ``d`` has."""
     g = d.get
     upd: dict[str, Any] = {}
-    for key, field in (
-        ("source_cluster", "src_cluster"),
-        ("source_namespace", "src_namespace"),
-        ("source_workload", "src_workload"),
-        ("destination_cluster", "dst_cluster"),
-        ("destination_namespace", "dst_namespace"),
-        ("destination_service_namespace", "dst_namespace"),
-        ("destination_service_name", "dst_service"),
-    ):
-        v = _s(g(key))
-        if v is not None:
-            upd[field] = v
-    dsvc = _s(g("destination_service"))
-    if dsvc is not None and "dst_service" not in upd:
-        svc, ns = _svc_ns(dsvc.lower())
-        upd["dst_service"] = svc
-        if ns is not None:
-            upd.setdefault("dst_namespace", ns)
-    if rec.request_id is None:
+    for key, fld in _EXTRA_FIELDS:
+        if key in present:
+            v = _s(g(key))
+            if v is not None:
+                upd[fld] = v
+    if "destination_service" in present:
+        dsvc = _s(g("destination_service"))
+        if dsvc is not None and "dst_service" not in upd:
+            svc, ns = _svc_ns(dsvc.lower())
+            upd["dst_service"] = svc
+            if ns is not None:
+                upd.setdefault("dst_namespace", ns)
+    if "x_request_id" in present and rec.request_id is None:
         rid = _s(g("x_request_id"))
         if rid is not None:
             upd["request_id"] = rid
-    dport = _i(g("destination_port"))
-    if dport is not None:
-        upd["dst_port"] = dport
+    if "destination_port" in present:
+        dport = _i(g("destination_port"))
+        if dport is not None:
+            upd["dst_port"] = dport
     # The emitting proxy's own pod/cluster (ENVIRONMENT(POD_NAMESPACE), ISTIO_META_CLUSTER_ID):
     # the destination on inbound lines, the source on outbound ones.
-    direction = parse_upstream_cluster(upstream_cluster)[0]
-    pod_ns = _s(g("pod_namespace"))
-    cluster_id = _s(g("cluster_id")) or _s(g("istio_cluster_id"))
-    if direction == INBOUND:
-        if pod_ns is not None:
-            upd.setdefault("dst_namespace", pod_ns)
-        if cluster_id is not None:
-            upd.setdefault("dst_cluster", cluster_id)
-    elif direction == OUTBOUND:
-        if pod_ns is not None:
-            upd.setdefault("src_namespace", pod_ns)
-        if cluster_id is not None:
-            upd.setdefault("src_cluster", cluster_id)
-    trace = (
-        hex_id(_s(g("trace_id"))) or hex_id(_s(g("traceparent"))) or hex_id(_s(g("x_b3_traceid")))
-    )
-    if trace is not None:
-        upd["trace_id"] = trace
-    span = hex_id(_s(g("span_id"))) or hex_id(_s(g("x_b3_spanid")))
-    if span is not None:
-        upd["span_id"] = span
-    return rec._replace(**upd) if upd else rec
+    if "pod_namespace" in present or "cluster_id" in present or "istio_cluster_id" in present:
+        direction = parse_upstream_cluster(upstream_cluster)[0]
+        pod_ns = _s(g("pod_namespace"))
+        cluster_id = _s(g("cluster_id")) or _s(g("istio_cluster_id"))
+        if direction == INBOUND:
+            if pod_ns is not None:
+                upd.setdefault("dst_namespace", pod_ns)
+            if cluster_id is not None:
+                upd.setdefault("dst_cluster", cluster_id)
+        elif direction == OUTBOUND:
+            if pod_ns is not None:
+                upd.setdefault("src_namespace", pod_ns)
+            if cluster_id is not None:
+                upd.setdefault("src_cluster", cluster_id)
+    if "trace_id" in present or "traceparent" in present or "x_b3_traceid" in present:
+        trace = (
+            hex_id(_s(g("trace_id")))
+            or hex_id(_s(g("traceparent")))
+            or hex_id(_s(g("x_b3_traceid")))
+        )
+        if trace is not None:
+            upd["trace_id"] = trace
+    if "span_id" in present or "x_b3_spanid" in present:
+        span = hex_id(_s(g("span_id"))) or hex_id(_s(g("x_b3_spanid")))
+        if span is not None:
+            upd["span_id"] = span
+    if not upd:
+        return rec
+    fields = list(rec)
+    for fld, v in upd.items():
+        fields[_FIELD_INDEX[fld]] = v
+    return _new_record(FlowRecord, fields)
