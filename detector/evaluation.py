@@ -179,7 +179,9 @@ def evaluate(
                 context += category == "context"
             continue
         caller, dst = _subject(f)
-        extra = [str(x) for x in un.get("evidence", {}).get("new_destinations", [])]
+        ev = un.get("evidence", {})
+        # caller-level findings name what they reached: new destinations, burst targets
+        extra = [str(x) for x in ev.get("new_destinations", []) + ev.get("targets", [])]
         matched = False
         for lab, res in zip(labs, results, strict=True):
             if not (res.start - 60.0 <= t <= res.end + grace_s):

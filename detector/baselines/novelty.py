@@ -215,7 +215,10 @@ class NoveltyModel:
                 dst_namespace=top.dst_namespace,
                 dst_cluster=top.dst_cluster,
             )
-        is_api = all(w.dst_service == KUBE_APISERVER for w in new)
+        # new API namespaces/verbs are abuse when refused or reaching secrets, else just new
+        is_api = all(w.dst_service == KUBE_APISERVER for w in new) and (
+            bool(denied) or any("secrets" in r for w in new for r in w.routes)
+        )
         return Anomaly(
             finding_type="k8s_api_abuse"
             if is_api
