@@ -87,9 +87,10 @@ def detect(
     detector: str = DETECTOR_NAME,
     params: Mapping[str, Any] | None = None,
     workers: int = 2,
+    files: Sequence[str] | None = None,
 ) -> None:
-    """Write NAB-layout results for every data file (``workers`` processes)."""
-    files = data_files(nab_dir)
+    """Write NAB-layout results for every data file, or only ``files`` (``workers`` processes)."""
+    files = sorted(files) if files is not None else data_files(nab_dir)
     # Longest files first so the two workers finish together.
     sizes = {rel: (nab_dir / "data" / rel).stat().st_size for rel in files}
     files.sort(key=lambda r: -sizes[r])
@@ -112,20 +113,29 @@ class Report:
     published: dict[str, dict[str, float]]
 
 
-def report(nab_dir: Path, results_dir: Path, detector: str = DETECTOR_NAME) -> Report:
-    """Score a detector's results: optimised thresholds, and the fixed one on ``standard``."""
-    files = S.prepare_results(nab_dir, results_dir, detector)
+def report(
+    nab_dir: Path,
+    results_dir: Path,
+    detector: str = DETECTOR_NAME,
+    files: Sequence[str] | None = None,
+) -> Report:
+    """Score a detector's results: optimised thresholds, and the fixed one on ``standard``.
+
+    ``files`` restricts scoring to those data files (tests); the default is the whole corpus,
+    the only setting comparable with the published numbers.
+    """
+    prepared = S.prepare_results(nab_dir, results_dir, detector, corpus_order=files)
     profiles = S.load_profiles(nab_dir / "config" / "profiles.json")
-    optimised = S.evaluate(files, profiles)
+    optimised = S.evaluate(prepared, profiles)
     standard = profiles["standard"]
-    fixed = S.evaluate(files, {"standard": standard}, {"standard": ALERT_THRESHOLD})["standard"]
+    fixed = S.evaluate(prepared, {"standard": standard}, {"standard": ALERT_THRESHOLD})["standard"]
     with (nab_dir / "results" / "final_results.json").open() as f:
         published = json.load(f)
     return Report(
         optimised=optimised,
         fixed_standard=fixed,
-        subsets_optimised=S.subset_scores(files, standard, optimised["standard"].threshold),
-        subsets_fixed=S.subset_scores(files, standard, ALERT_THRESHOLD),
+        subsets_optimised=S.subset_scores(prepared, standard, optimised["standard"].threshold),
+        subsets_fixed=S.subset_scores(prepared, standard, ALERT_THRESHOLD),
         published=published,
     )
 

@@ -34,11 +34,13 @@ def test_flags_a_spike_at_once() -> None:
     assert scores[:1500].max() < ALERT_THRESHOLD
 
 
-def test_flags_a_level_shift_quickly() -> None:
+@pytest.mark.parametrize("shift", [-50.0, 50.0])
+def test_flags_a_level_shift_quickly(shift: float) -> None:
     x = _seasonal()
-    # Larger than the cycle's amplitude: the model has no seasonal term yet, so a shift that
-    # stays inside the seasonal range (e.g. -15) only scores ~0.9988, just under the threshold.
-    x[1500:] -= 30
+    # Larger than the cycle's peak-to-peak range (40): the model has no seasonal term yet, so a
+    # shift that stays inside the seasonal range is not seen at once (-30 at t=1500, where the
+    # cycle peaks, is flagged only ~116 steps later by the slow level statistic).
+    x[1500:] += shift
     scores = UnivariateAnomalyModel().score_series(x)
     assert scores[1500:1510].max() >= ALERT_THRESHOLD
     assert scores[:1500].max() < ALERT_THRESHOLD
