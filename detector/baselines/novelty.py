@@ -33,11 +33,19 @@ class NoveltyModel:
     name = "novelty"
 
     def __init__(
-        self, warmup_windows: int = 60, rare_windows: int = 3, rare_gap_s: float = 86_400.0
+        self,
+        warmup_windows: int = 60,
+        rare_windows: int = 3,
+        rare_gap_s: float = 86_400.0,
+        memory_s: float = 900.0,
     ) -> None:
         self.warmup_windows = warmup_windows
         self.rare_windows = rare_windows
         self.rare_gap_s = rare_gap_s
+        self.memory_s = memory_s
+        # caller -> {new destination -> last window start}: slow lateral movement adds up
+        # over ``memory_s`` instead of showing one new destination per window
+        self.recent_new_: dict[str, dict[str, float]] = {}
         self.edges_: dict[str, list[float]] = {}  # key -> [windows seen, first ts, last ts]
         self.principal_clusters_: dict[str, set[str]] = {}
         self.caller_dests_: dict[str, set[str]] = {}  # "p|cluster" -> {"svc|ns|cluster"}
@@ -56,6 +64,7 @@ class NoveltyModel:
             "warmup_windows": self.warmup_windows,
             "rare_windows": self.rare_windows,
             "rare_gap_s": self.rare_gap_s,
+            "memory_s": self.memory_s,
         }
 
     # -- base rates --------------------------------------------------------------------------
@@ -143,7 +152,14 @@ class NoveltyModel:
                 elif svc in self.services_:
                     new.append(w)
             if new:
-                out.append(self._new_edges(principal, cluster, new, called_clusters, ws0, we0))
+                recent = self.recent_new_.setdefault(caller, {})
+                for key in [k for k, t in recent.items() if ws0 - t > self.memory_s]:
+                    del recent[key]
+                for w in new:
+                    recent[f"{w.dst_service}.{w.dst_namespace}@{w.dst_cluster}"] = ws0
+                out.append(
+                    self._new_edges(principal, cluster, new, called_clusters, ws0, we0, recent)
+                )
         return out
 
     def _replay(
@@ -192,8 +208,9 @@ class NoveltyModel:
         called_clusters: set[str],
         start: float,
         end: float,
+        recent: dict[str, float],
     ) -> Anomaly:
-        k = len(new)
+        k = max(len(new), len(recent))  # new destinations in this window and the last minutes
         p = self.p_new_edge ** min(k, 3)
         cross = [
             w for w in new if w.dst_cluster != cluster and w.dst_cluster not in called_clusters
@@ -246,6 +263,7 @@ class NoveltyModel:
                 ("denied", 0.15 if denied else 0.0),
             ),
             evidence={
+                "new_destinations_recent": sorted(recent)[:20],
                 "new_destinations": [
                     f"{w.dst_service}.{w.dst_namespace}@{w.dst_cluster}" for w in new
                 ],
@@ -276,11 +294,14 @@ class NoveltyModel:
                 p = self.p_new_route ** min(len(new_routes), 3)
                 if w.denied or w.unauthenticated:
                     p /= 10
+                # On the API server a new verb/resource is abuse when it was refused or reaches
+                # secrets; a controller creating a new kind of object is change, not abuse.
+                abuse = w.dst_service == KUBE_APISERVER and (
+                    bool(w.denied or w.unauthenticated) or any("secrets" in r for r in new_routes)
+                )
                 out.append(
                     Anomaly(
-                        finding_type="k8s_api_abuse"
-                        if w.dst_service == KUBE_APISERVER
-                        else "new_route",
+                        finding_type="k8s_api_abuse" if abuse else "new_route",
                         pattern="UNSEEN",
                         subject=subject,
                         window_start=start,
@@ -334,6 +355,7 @@ class NoveltyModel:
             "services": sorted(self.services_),
             "routes": {k: sorted(v) for k, v in self.routes_.items()},
             "service_windows": self.service_windows_,
+            "recent_new": self.recent_new_,
             "counters": [
                 self.windows_seen_,
                 self.caller_windows_,
@@ -351,6 +373,7 @@ class NoveltyModel:
         self.services_ = set(state["services"])
         self.routes_ = {k: set(v) for k, v in state["routes"].items()}
         self.service_windows_ = dict(state["service_windows"])
+        self.recent_new_ = {k: dict(v) for k, v in state.get("recent_new", {}).items()}
         (
             self.windows_seen_,
             self.caller_windows_,
