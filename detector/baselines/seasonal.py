@@ -101,6 +101,7 @@ class SeasonalModel:
         global_min_edges: int = 8,
         global_share: float = 0.6,
         drop_min_expected: float = 20.0,
+        accumulate_windows: int = 5,
     ) -> None:
         self.prior_windows = prior_windows
         self.min_dispersion = min_dispersion
@@ -112,6 +113,9 @@ class SeasonalModel:
         self.global_min_edges = global_min_edges
         self.global_share = global_share
         self.drop_min_expected = drop_min_expected
+        self.accumulate_windows = accumulate_windows
+        self.recent_z_: dict[str, list[tuple[float, float]]] = {}  # edge -> recent bytes z
+        self._horizon = 300.0
         self.edges_: dict[str, _Edge] = {}
         self.n_h_ = np.zeros(24)  # learned windows per hour of day
         self.g_h_ = np.zeros(24)  # mesh-wide requests per hour of day
@@ -130,6 +134,7 @@ class SeasonalModel:
                 "global_min_edges",
                 "global_share",
                 "drop_min_expected",
+                "accumulate_windows",
             )
         }
 
@@ -211,6 +216,7 @@ class SeasonalModel:
         out: list[Anomaly] = []
         h = batch.hour
         start, end = batch.window_start, batch.window_end
+        self._horizon = batch.window_s * self.accumulate_windows
         g, moving, known = self.global_factor(batch)
         shifted = (g >= self.global_ratio or g <= 1 / self.global_ratio) and (
             moving >= self.global_share * known
@@ -246,7 +252,7 @@ class SeasonalModel:
                 continue
             if e.b_out[0] < self.min_history_windows:
                 continue
-            self._score_edge(w, e, h, scale, start, end, out)
+            self._score_edge(w, key, e, h, scale, start, end, out)
         if self.drop_min_expected > 0:
             self._score_silent(seen, h, scale, start, end, out)
         return out
@@ -263,6 +269,7 @@ class SeasonalModel:
     def _score_edge(
         self,
         w: EdgeWindow,
+        key: str,
         e: _Edge,
         h: int,
         scale: float,
@@ -336,35 +343,45 @@ class SeasonalModel:
                 )
             )
         # bytes out (exfiltration) and in, around the expected requests x bytes per request
-        for feature, m in (("bytes_out", e.b_out), ("bytes_in", e.b_in)):
-            observed = float(w.bytes_out if feature == "bytes_out" else w.bytes_in)
-            mean, sd = _moments(m, 0.25)
-            per_req = math.expm1(mean)
-            expected = max(mu, 1.0) * per_req
-            if observed - expected < self.min_bytes_excess or observed < self.min_ratio * expected:
-                continue
-            # log-normal around the expectation; a few requests add Poisson noise in log space
-            sd_tot = math.sqrt(sd * sd + 1.0 / max(mu, 1.0))
-            z = (math.log1p(observed) - math.log1p(expected)) / sd_tot
-            if feature == "bytes_out":
-                out.append(
-                    self._anomaly(
-                        "exfiltration",
-                        "SURGE",
-                        w,
-                        feature,
-                        observed,
-                        expected,
-                        normal_sf(z),
-                        {
-                            **base,
-                            "description": "requests expected at this hour x bytes per request "
-                            f"({per_req:.0f} B, log-sd {sd:.2f})",
-                        },
-                        start,
-                        end,
-                    )
+        # bytes out (exfiltration): log-normal around expected requests x bytes per request,
+        # scored per window and, since exfiltration lasts, over the edge's recent windows
+        # (Stouffer's z over the last ``accumulate_windows``): a sustained x20 is certain even
+        # where one heavy-tailed window is not.
+        observed = float(w.bytes_out)
+        mean, sd = _moments(e.b_out, 0.25)
+        per_req = math.expm1(mean)
+        expected = max(mu, 1.0) * per_req
+        # a few requests add Poisson noise in log space
+        sd_tot = math.sqrt(sd * sd + 1.0 / max(mu, 1.0))
+        z = (math.log1p(observed) - math.log1p(expected)) / sd_tot
+        recent = [(t, zz) for t, zz in self.recent_z_.get(key, ()) if start - t < self._horizon]
+        recent.append((start, z))
+        self.recent_z_[key] = recent[-self.accumulate_windows :]
+        z_sum = sum(zz for _, zz in recent[-self.accumulate_windows :])
+        z_comb = z_sum / math.sqrt(len(recent[-self.accumulate_windows :]))
+        if observed - expected >= self.min_bytes_excess and observed >= self.min_ratio * expected:
+            n_recent = len(recent[-self.accumulate_windows :])
+            out.append(
+                self._anomaly(
+                    "exfiltration",
+                    "SURGE",
+                    w,
+                    "bytes_out",
+                    observed,
+                    expected,
+                    normal_sf(max(z, z_comb)),
+                    {
+                        **base,
+                        "description": "requests expected at this hour x bytes per request "
+                        f"({per_req:.0f} B, log-sd {sd:.2f}); evidence over the last "
+                        f"{n_recent} window(s) of this edge",
+                        "z_window": round(z, 2),
+                        "z_recent": round(z_comb, 2),
+                    },
+                    start,
+                    end,
                 )
+            )
         # latency p90
         if w.latency_p90_ms is not None and e.lat[0] >= self.min_history_windows:
             mean, sd = _moments(e.lat, 0.2)
@@ -459,6 +476,7 @@ class SeasonalModel:
     def get_state(self) -> dict[str, Any]:
         return {
             "n_h": self.n_h_.tolist(),
+            "recent_z": self.recent_z_,
             "g_h": self.g_h_.tolist(),
             "edges": {
                 k: [e.s.tolist(), e.ss.tolist(), e.b_out, e.b_in, e.lat, e.born.tolist()]
@@ -468,6 +486,7 @@ class SeasonalModel:
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.n_h_ = np.asarray(state["n_h"], dtype=np.float64)
+        self.recent_z_ = {k: [(t, z) for t, z in v] for k, v in state.get("recent_z", {}).items()}
         self.g_h_ = np.asarray(state["g_h"], dtype=np.float64)
         self.edges_ = {}
         for k, (s, ss, b_out, b_in, lat, born) in state["edges"].items():
