@@ -47,6 +47,11 @@ from detector.records import (
 )
 from detector.sources import StaticAttrs
 
+_new_record = tuple.__new__
+_SRC_CLUSTER: Final = FlowRecord._fields.index("src_cluster")
+_DST_CLUSTER: Final = FlowRecord._fields.index("dst_cluster")
+_DST_NAMESPACE: Final = FlowRecord._fields.index("dst_namespace")
+
 ANONYMOUS: Final = "anonymous"
 OVERFLOW: Final = "overflow"
 OTHER_ROUTE: Final = "{other}"
@@ -120,10 +125,11 @@ class Resolver:
                 or (dst_cluster if rec.kind == API_AUDIT and dst_cluster != UNKNOWN else None)
                 or UNKNOWN
             )
-        dst_namespace = rec.dst_namespace or static.namespace
-        return rec._replace(
-            src_cluster=src_cluster, dst_cluster=dst_cluster, dst_namespace=dst_namespace
-        )
+        fields = list(rec)  # _replace, without its Python-level _make
+        fields[_SRC_CLUSTER] = src_cluster
+        fields[_DST_CLUSTER] = dst_cluster
+        fields[_DST_NAMESPACE] = rec.dst_namespace or static.namespace
+        return _new_record(rec.__class__, fields)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -259,7 +259,16 @@ class Pipeline:
             records = self._join(records)
         fill = self.resolver.resolve
         static = batch.static
-        records = [fill(r, static) for r in records]
+        # ``resolve`` returns a record naming both clusters and the namespace unchanged: skip
+        # the call for those (enriched mesh logs, the common case).
+        records = [
+            r
+            if r.src_cluster is not None
+            and r.dst_cluster is not None
+            and r.dst_namespace is not None
+            else fill(r, static)
+            for r in records
+        ]
         # Offsets are tracked per batch window: a record's exact position matters only for the
         # window it fed, and the batch's first offset is a safe lower bound for every record.
         if records:

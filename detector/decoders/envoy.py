@@ -494,7 +494,10 @@ def _build(
     xff: str | None,
     source: str | None,
     offset: int | None,
+    simple: tuple[tuple[str, int], ...] = (),
+    d: dict[str, Any] | None = None,
 ) -> FlowRecord:
+    """The record; ``simple``: (key of ``d``, field index) pairs whose string values override."""
     svc, ns, port = _dest(upstream_cluster, sni, authority)[:3]
     if port is None:
         port = _addr_port(downstream_local)
@@ -521,36 +524,44 @@ def _build(
         src_ip = _xff_peer(xff)
     # tuple.__new__ skips NamedTuple's Python-level __new__ (a third of the cost); the field
     # order is FlowRecord._fields, checked by the tests.
-    return _new_record(
-        FlowRecord,
-        (
-            ts,
-            kind,
-            principal,
-            None,
-            _principal_ns(principal) if principal is not None else None,
-            None,
-            src_ip,
-            None,
-            ns,
-            svc,
-            port,
-            method,
-            (path.partition("?")[0] or None) if path is not None else None,
-            status,
-            outcome,
-            bytes_in or 0,
-            bytes_out or 0,
-            duration,
-            None,
-            None,
-            None,
-            request_id,
-            detail or flags,
-            source,
-            offset,
-        ),
+    fields = (
+        ts,
+        kind,
+        principal,
+        None,
+        _principal_ns(principal) if principal is not None else None,
+        None,
+        src_ip,
+        None,
+        ns,
+        svc,
+        port,
+        method,
+        (path.partition("?")[0] or None) if path is not None else None,
+        status,
+        outcome,
+        bytes_in or 0,
+        bytes_out or 0,
+        duration,
+        None,
+        None,
+        None,
+        request_id,
+        detail or flags,
+        source,
+        offset,
     )
+    if simple and d is not None:
+        # plain label keys (source_cluster ...), in ``_EXTRA_FIELDS`` order: the last one wins
+        lst = list(fields)
+        for key, idx in simple:
+            v = d.get(key)
+            if v.__class__ is not str or v == "-" or v == "":
+                v = _s(v)
+            if v is not None:
+                lst[idx] = v
+        return _new_record(FlowRecord, lst)
+    return _new_record(FlowRecord, fields)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -790,6 +801,21 @@ def decode_json(
     return [from_mapping(obj, source, offset)]
 
 
+_EXTRA_FIELDS: Final = (
+    ("source_cluster", "src_cluster"),
+    ("source_namespace", "src_namespace"),
+    ("source_workload", "src_workload"),
+    ("destination_cluster", "dst_cluster"),
+    ("destination_namespace", "dst_namespace"),
+    ("destination_service_namespace", "dst_namespace"),
+    ("destination_service_name", "dst_service"),
+)
+_FIELD_INDEX: Final = {f: i for i, f in enumerate(FlowRecord._fields)}
+
+
+_SIMPLE_EXTRA_KEYS: Final = frozenset(key for key, _ in _EXTRA_FIELDS)
+
+
 # Keys ``_extras`` reads. An object's key layout (its keys in order: one sidecar config writes
 # the same layout on every line) maps to the ones it carries, so the common layouts skip
 # ``_extras`` and the rest read only what is there.
@@ -815,8 +841,10 @@ _EXTRA_KEYS: Final = frozenset(
         "x_b3_spanid",
     }
 )
-# layout -> (extra keys present, has x_forwarded_client_cert, has upstream_local_uri_san)
-_Layout = tuple[frozenset[str], bool, bool]
+# layout -> (extra keys present when some need ``_extras``, else empty; (key, field index) of
+# the plain label keys present when they are the only extras; has x_forwarded_client_cert; has
+# upstream_local_uri_san)
+_Layout = tuple[frozenset[str], tuple[tuple[str, int], ...], bool, bool]
 _layouts: dict[tuple[str, ...], _Layout] = {}
 _LAYOUTS_MAX: Final = 1024
 
@@ -825,8 +853,14 @@ def _layout(d: dict[str, Any]) -> _Layout:
     keys = tuple(d)
     hit = _layouts.get(keys)
     if hit is None:
+        extra = _EXTRA_KEYS.intersection(keys)
+        simple: tuple[tuple[str, int], ...] = ()
+        if extra and extra <= _SIMPLE_EXTRA_KEYS:
+            simple = tuple((key, _FIELD_INDEX[fld]) for key, fld in _EXTRA_FIELDS if key in extra)
+            extra = frozenset()
         hit = (
-            _EXTRA_KEYS.intersection(keys),
+            extra,
+            simple,
             "x_forwarded_client_cert" in d,
             "upstream_local_uri_san" in d,
         )
@@ -879,7 +913,7 @@ def from_mapping(
         else (None if v is None or v.__class__ is str else _s(v))
         for v in map(g, _JSON_STR_KEYS)
     ]
-    extra, has_xfcc, has_local_san = _layout(d)
+    extra, simple, has_xfcc, has_local_san = _layout(d)
     if principal is None:
         principal = peer_san
         if principal is None:
@@ -925,23 +959,13 @@ def from_mapping(
         xff,
         source,
         offset,
+        simple,
+        d,
     )
     # Less common keys: custom formats, Istio telemetry labels; read only when present.
     if extra:
         rec = _extras(rec, d, upstream_cluster, extra)
     return rec
-
-
-_EXTRA_FIELDS: Final = (
-    ("source_cluster", "src_cluster"),
-    ("source_namespace", "src_namespace"),
-    ("source_workload", "src_workload"),
-    ("destination_cluster", "dst_cluster"),
-    ("destination_namespace", "dst_namespace"),
-    ("destination_service_namespace", "dst_namespace"),
-    ("destination_service_name", "dst_service"),
-)
-_FIELD_INDEX: Final = {f: i for i, f in enumerate(FlowRecord._fields)}
 
 
 def _extras(
