@@ -402,6 +402,8 @@ def replay(
     type=click.Choice(["envoy_json", "envoy_text", "k8s_audit", "hubble", "otlp_proto_traces"]),
     help="Formats to write (repeatable; default Istio JSON and text and k8s audit).",
 )
+@click.option("--rate-multiplier", type=click.FloatRange(0.01, 100), default=1.0,
+              show_default=True, help="Scale of the organic traffic (scenarios keep theirs).")
 @click.option("--gz", is_flag=True, help="Write gzip-compressed files.")
 @_friendly
 def simulate(
@@ -413,6 +415,7 @@ def simulate(
     intensity: float,
     scenarios: bool,
     formats: tuple[str, ...],
+    rate_multiplier: float,
     gz: bool,
 ) -> None:
     """Generate multi-cluster mesh telemetry in the real formats, with labelled scenarios.
@@ -435,6 +438,8 @@ def simulate(
     train_s, test_s = train_hours * 3600, test_hours * 3600
     scen = default_scenarios(t0 + train_s, test_s, intensity) if scenarios else []
     kwargs: dict[str, Any] = {"formats": formats} if formats else {}
+    if rate_multiplier != 1.0:
+        kwargs["rate_multiplier"] = rate_multiplier
     manifest = write_files(
         out_dir,
         train_start=t0,

@@ -42,12 +42,29 @@ _SQRT2 = math.sqrt(2.0)
 class _Edge:
     """Learned state of one edge."""
 
-    __slots__ = ("alpha", "b_in", "b_out", "born", "lat", "s", "ss")
+    __slots__ = (
+        "alpha",
+        "alpha_at",
+        "b_in",
+        "b_out",
+        "born",
+        "born_sum",
+        "lat",
+        "learns",
+        "s",
+        "ss",
+        "tot",
+    )
 
     def __init__(self, born: np.ndarray | None = None) -> None:
         # learned windows per hour before the edge first appeared: they say nothing about it
         self.born = np.zeros(24) if born is None else born.copy()
-        self.alpha: list[float | None] = [None, None]  # dispersion per feature, until next learn
+        self.born_sum = float(self.born.sum())
+        # dispersion per feature, refreshed as the edge's history grows by a quarter
+        self.alpha: list[float | None] = [None, None]
+        self.alpha_at = 0
+        self.learns = 0
+        self.tot = [0.0, 0.0]  # running totals of requests and errors (mean without a sum)
         self.s = np.zeros((2, 24))  # requests, errors per hour
         self.ss = np.zeros((2, 24))
         self.b_out = [0.0, 0.0, 0.0]  # n, sum, sumsq of log1p(bytes_out / request)
@@ -118,6 +135,8 @@ class SeasonalModel:
         self._horizon = 300.0
         self.edges_: dict[str, _Edge] = {}
         self.n_h_ = np.zeros(24)  # learned windows per hour of day
+        self._n_total = 0.0  # n_h_.sum(), kept as a float for the hot path
+        self._profiles: dict[int, float] = {}
         self.g_h_ = np.zeros(24)  # mesh-wide requests per hour of day
 
     def get_params(self) -> dict[str, Any]:
@@ -143,6 +162,8 @@ class SeasonalModel:
     def learn(self, batch: WindowBatch) -> None:
         h = batch.hour
         self.n_h_[h] += 1
+        self._n_total += 1.0
+        self._profiles.clear()
         for w, key in zip(batch.windows, batch.keys, strict=True):
             if w.src_principal == OVERFLOW:
                 continue
@@ -150,7 +171,11 @@ class SeasonalModel:
             if e is None:
                 e = self.edges_[key] = _Edge(self.n_h_ - 1.0 * (np.arange(24) == h))
             x = float(w.total)
-            e.alpha = [None, None]
+            e.learns += 1
+            if e.learns >= 1.25 * e.alpha_at + 5:
+                e.alpha = [None, None]
+            e.tot[REQ] += x
+            e.tot[ERR] += w.errors
             e.s[REQ, h] += x
             e.ss[REQ, h] += x * x
             e.s[ERR, h] += w.errors
@@ -165,21 +190,32 @@ class SeasonalModel:
     # -- expectations ------------------------------------------------------------------------
 
     def _profile(self, h: int) -> float:
-        n = self.n_h_.sum()
-        if n == 0 or self.n_h_[h] == 0:
-            return 1.0
-        overall = self.g_h_.sum() / n
-        return float((self.g_h_[h] / self.n_h_[h]) / overall) if overall > 0 else 1.0
+        """Mesh-wide requests at hour ``h`` relative to the mean hour (cached until learning)."""
+        cached = self._profiles.get(h)
+        if cached is not None:
+            return cached
+        n = self._n_total
+        value = 1.0
+        if n > 0 and self.n_h_[h] > 0:
+            overall = float(self.g_h_.sum()) / n
+            if overall > 0:
+                value = float(self.g_h_[h] / self.n_h_[h]) / overall
+        self._profiles[h] = value
+        return value
 
     def expected(self, e: _Edge, f: int, h: int) -> tuple[float, float]:
         """(mean, dispersion alpha) of feature ``f`` for edge ``e`` at hour ``h``."""
-        n_h = self.n_h_ - e.born  # only windows since the edge appeared
-        total_n = float(n_h.sum())
-        mean_e = float(e.s[f].sum()) / total_n if total_n else 0.0
+        total_n = self._n_total - e.born_sum  # only windows since the edge appeared
+        if total_n <= 0:
+            return 0.0, 1.0
+        mean_e = e.tot[f] / total_n
         k = self.prior_windows
-        mu = (e.s[f, h] + k * mean_e * self._profile(h)) / (n_h[h] + k) if total_n else 0.0
+        n_hh = float(self.n_h_[h] - e.born[h])
+        mu = (float(e.s[f, h]) + k * mean_e * self._profile(h)) / (n_hh + k)
         alpha = e.alpha[f]
         if alpha is None:
+            e.alpha_at = e.learns
+            n_h = self.n_h_ - e.born
             with np.errstate(divide="ignore", invalid="ignore"):
                 m = e.s[f] / n_h
                 var = e.ss[f] / n_h - m * m
@@ -187,7 +223,7 @@ class SeasonalModel:
             good = np.isfinite(alpha_cells) & (n_h >= 3) & (m > 0)
             raw = float(np.median(alpha_cells[good])) if good.any() else 1.0
             alpha = e.alpha[f] = min(max(raw, self.min_dispersion), 10.0)
-        return float(mu), alpha
+        return mu, alpha
 
     def global_factor(self, batch: WindowBatch) -> tuple[float, int, int]:
         """(observed/expected requests over known edges, edges moving with it, known edges)."""
@@ -488,12 +524,15 @@ class SeasonalModel:
         self.n_h_ = np.asarray(state["n_h"], dtype=np.float64)
         self.recent_z_ = {k: [(t, z) for t, z in v] for k, v in state.get("recent_z", {}).items()}
         self.g_h_ = np.asarray(state["g_h"], dtype=np.float64)
+        self._n_total = float(self.n_h_.sum())
+        self._profiles = {}
         self.edges_ = {}
         for k, (s, ss, b_out, b_in, lat, born) in state["edges"].items():
             e = _Edge(np.asarray(born, dtype=np.float64))
             e.s = np.asarray(s, dtype=np.float64)
             e.ss = np.asarray(ss, dtype=np.float64)
             e.b_out, e.b_in, e.lat = list(b_out), list(b_in), list(lat)
+            e.tot = [float(e.s[REQ].sum()), float(e.s[ERR].sum())]
             self.edges_[k] = e
 
 

@@ -205,3 +205,16 @@ def test_multivariate_refits_identically_from_state() -> None:
                                latency_p90_ms=5000.0)])
     s1 = [a.p_value for a in m.score(batch)]
     assert s1 and s1 == [a.p_value for a in m2.score(batch)]
+
+
+def test_packed_forest_scores_exactly_like_scikit_learn() -> None:
+    from sklearn.ensemble import IsolationForest
+
+    from detector.baselines.multivariate import PackedForest
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2000, 6))
+    forest = IsolationForest(n_estimators=50, max_samples=256, random_state=0).fit(x)
+    probe = np.vstack([x[:300], rng.normal(scale=4, size=(100, 6))])
+    ours = PackedForest(forest).anomaly_score(probe)
+    assert np.allclose(ours, -forest.score_samples(probe), rtol=0, atol=1e-12)
