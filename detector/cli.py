@@ -332,6 +332,14 @@ def train(
 )
 @click.option("--lateness-s", type=float, help="Allowed lateness in seconds (default 30).")
 @_cluster_from_filename
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Take thresholds, allow-list and incident settings from this config's detection "
+    "section (the same file the service runs with), to back-test them.",
+)
 @_friendly
 def replay(
     model_dir: str,
@@ -339,6 +347,7 @@ def replay(
     out_dir: str,
     lateness_s: float | None,
     cluster_from_filename: bool,
+    config_path: Path | None,
 ) -> None:
     """Run detection over recorded telemetry in event time, as fast as the machine allows.
 
@@ -346,6 +355,7 @@ def replay(
     event time) and OUT/actions.jsonl (one line per remediation action the playbooks would
     take). The same incident keeps one finding_info.uid through create/update/close.
     """
+    from detector.config import load_config
     from detector.replay import replay as do_replay
 
     res = do_replay(
@@ -354,6 +364,7 @@ def replay(
         out_dir,
         _settings(None, lateness_s),
         cluster_from_filename=cluster_from_filename,
+        detection=load_config(config_path).detection if config_path else None,
     )
     types = ", ".join(f"{k} {v}" for k, v in sorted(res.by_type.items())) or "none"
     click.echo(
@@ -402,8 +413,13 @@ def replay(
     type=click.Choice(["envoy_json", "envoy_text", "k8s_audit", "hubble", "otlp_proto_traces"]),
     help="Formats to write (repeatable; default Istio JSON and text and k8s audit).",
 )
-@click.option("--rate-multiplier", type=click.FloatRange(0.01, 100), default=1.0,
-              show_default=True, help="Scale of the organic traffic (scenarios keep theirs).")
+@click.option(
+    "--rate-multiplier",
+    type=click.FloatRange(0.01, 100),
+    default=1.0,
+    show_default=True,
+    help="Scale of the organic traffic (scenarios keep theirs).",
+)
 @click.option("--gz", is_flag=True, help="Write gzip-compressed files.")
 @_friendly
 def simulate(

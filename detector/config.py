@@ -142,6 +142,52 @@ class JsonlSinkConfig(Strict):
 class SinksConfig(Strict):
     console: ConsoleSinkConfig = ConsoleSinkConfig()
     windows_jsonl: JsonlSinkConfig = JsonlSinkConfig()
+    findings_jsonl: JsonlSinkConfig = JsonlSinkConfig()  # OCSF findings, one per line
+
+
+class ThresholdsConfig(Strict):
+    """Minimum risk for a finding: 10 per decade of improbability (60 = p < 1e-6)."""
+
+    min_risk: float = Field(60.0, ge=0, le=100)  # security findings
+    operational_min_risk: float = Field(60.0, ge=0, le=100)
+    context_min_risk: float = Field(50.0, ge=0, le=100)
+    per_type: dict[str, float] = {}  # finding type -> minimum risk (overrides the above)
+
+    @field_validator("per_type")
+    @classmethod
+    def _known_types(cls, v: dict[str, float]) -> dict[str, float]:
+        from detector.anomalies import FINDING_TYPES
+
+        unknown = sorted(set(v) - set(FINDING_TYPES))
+        if unknown:
+            raise ValueError(f"unknown finding type(s) {unknown}; known: {sorted(FINDING_TYPES)}")
+        return v
+
+
+class AllowRuleConfig(Strict):
+    """Known-good traffic (globs). Without finding_types the edge is not scored at all."""
+
+    principal: str = "*"
+    src_cluster: str = "*"
+    dst_service: str = "*"
+    dst_cluster: str = "*"
+    finding_types: list[str] = []
+
+
+class IncidentsConfig(Strict):
+    close_after_quiet_s: float = Field(900.0, gt=0)
+    update_min_interval_s: float = Field(300.0, ge=0)
+    max_open: int = Field(10_000, gt=0)
+
+
+class DetectionConfig(Strict):
+    """Scoring of closed windows with a model written by ``detector train``."""
+
+    model: str | None = None  # model directory; none: windows are aggregated, not scored
+    learn_online: bool = True
+    thresholds: ThresholdsConfig = ThresholdsConfig()
+    allow: list[AllowRuleConfig] = []
+    incidents: IncidentsConfig = IncidentsConfig()
 
 
 class DetectorConfig(Strict):
@@ -151,6 +197,7 @@ class DetectorConfig(Strict):
     dead_letters: DeadLetterConfig = DeadLetterConfig()
     pipeline: PipelineConfig = PipelineConfig()
     sinks: SinksConfig = SinksConfig()
+    detection: DetectionConfig = DetectionConfig()
 
     @field_validator("sources")
     @classmethod

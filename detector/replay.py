@@ -240,15 +240,32 @@ def replay(
     out_dir: str | Path,
     settings: PipelineSettings | None = None,
     cluster_from_filename: bool = False,
+    detection: Any = None,
 ) -> ReplayResult:
+    """``detection``: the ``detection`` section of a config (thresholds, allow-list, incident
+    settings); the defaults when None."""
+    from detector.detection import allow_from_config, thresholds_from_config
     from detector.findings import IncidentTracker
 
     art = artifacts.load(model)
     paths = expand_inputs(inputs)
     settings = settings or PipelineSettings(allowed_lateness_s=30.0)
     settings.window_s = float(art.manifest.get("window_s", settings.window_s))
-    scorer = art.scorer()
-    tracker = IncidentTracker()
+    if detection is None:
+        scorer = art.scorer()
+        tracker = IncidentTracker()
+    else:
+        scorer = art.scorer(
+            thresholds=thresholds_from_config(detection.thresholds),
+            allow=allow_from_config(detection.allow),
+            learn_online=detection.learn_online,
+        )
+        inc = detection.incidents
+        tracker = IncidentTracker(
+            close_after_quiet_s=inc.close_after_quiet_s,
+            update_min_interval_s=inc.update_min_interval_s,
+            max_open=inc.max_open,
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     counts: dict[str, int] = {}

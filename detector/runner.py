@@ -108,9 +108,15 @@ def build_sinks(cfg: DetectorConfig) -> list[WindowSink]:
 
 def build_pipeline(cfg: DetectorConfig, sinks: list[WindowSink] | None = None) -> Pipeline:
     dl = cfg.dead_letters
+    if sinks is None:
+        sinks = build_sinks(cfg)
+        if cfg.detection.model:
+            from detector.detection import from_config
+
+            sinks.append(from_config(cfg, console=cfg.sinks.console.enabled))
     return Pipeline(
         settings_from_config(cfg),
-        sinks=build_sinks(cfg) if sinks is None else sinks,
+        sinks=sinks,
         dead_letters=DeadLetters(dl.path, dl.max_records, dl.max_file_bytes, dl.keep_bytes),
     )
 

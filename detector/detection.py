@@ -1,0 +1,122 @@
+"""The detection stage of a running pipeline: closed windows -> scores -> OCSF findings.
+
+Contract: ``DetectionStage`` is a window sink (``pipeline.WindowSink``). For every batch of
+closed windows it runs the scorer (calibrated baselines loaded from a model artifact, online
+learning on), feeds the anomalies to the incident tracker, and hands the resulting findings
+(create/update/close, event-time ``time``) to every finding sink before returning, so input
+offsets are committed only past findings that were delivered. ``close()`` closes the sinks;
+open incidents stay open (a restart picks them up from the next checkpoint, not from here).
+``from_config`` builds it from the ``detection`` section of the config.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol, TextIO
+
+from detector.findings import IncidentTracker, finding_summary
+from detector.flows import EdgeWindow
+from detector.scoring import AllowRule, Scorer, Thresholds
+
+
+class FindingSink(Protocol):
+    async def emit(self, findings: Sequence[Mapping[str, Any]]) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class ConsoleFindings:
+    """One line per finding event on a text stream (stdout by default)."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out or sys.stdout
+
+    async def emit(self, findings: Sequence[Mapping[str, Any]]) -> None:
+        try:
+            for f in findings:
+                self.out.write("FINDING " + finding_summary(f) + "\n")
+            self.out.flush()
+        except BrokenPipeError:
+            pass
+
+    async def close(self) -> None:
+        return None
+
+
+class DetectionStage:
+    def __init__(self, scorer: Scorer, tracker: IncidentTracker, sinks: Sequence[FindingSink]):
+        self.scorer = scorer
+        self.tracker = tracker
+        self.sinks = list(sinks)
+        self.findings = 0
+
+    async def emit(self, windows: list[EdgeWindow]) -> None:
+        by_time: dict[float, list[EdgeWindow]] = {}
+        for w in windows:
+            by_time.setdefault(w.window_start, []).append(w)
+        out: list[dict[str, Any]] = []
+        for t in sorted(by_time):
+            batch = by_time[t]
+            now = batch[0].window_end
+            out += self.tracker.observe(self.scorer.process(batch), now)
+            out += self.tracker.tick(now)
+        if out:
+            for sink in self.sinks:
+                await sink.emit(out)
+            self.findings += len(out)
+
+    async def close(self) -> None:
+        for sink in self.sinks:
+            await sink.close()
+
+
+def thresholds_from_config(cfg: Any) -> Thresholds:
+    t = Thresholds()
+    if cfg is None:
+        return t
+    t.min_risk = cfg.min_risk
+    t.operational_min_risk = cfg.operational_min_risk
+    t.context_min_risk = cfg.context_min_risk
+    t.per_type.update(cfg.per_type)
+    return t
+
+
+def allow_from_config(rules: Sequence[Any]) -> list[AllowRule]:
+    return [
+        AllowRule(
+            principal=r.principal,
+            src_cluster=r.src_cluster,
+            dst_service=r.dst_service,
+            dst_cluster=r.dst_cluster,
+            finding_types=tuple(r.finding_types),
+        )
+        for r in rules
+    ]
+
+
+def from_config(cfg: Any, console: bool) -> DetectionStage:
+    """The stage for a ``DetectorConfig`` whose ``detection.model`` is set."""
+    from detector import artifacts
+
+    d = cfg.detection
+    art = artifacts.load(d.model)
+    scorer = art.scorer(
+        thresholds=thresholds_from_config(d.thresholds),
+        allow=allow_from_config(d.allow),
+        learn_online=d.learn_online,
+    )
+    inc = d.incidents
+    tracker = IncidentTracker(
+        close_after_quiet_s=inc.close_after_quiet_s,
+        update_min_interval_s=inc.update_min_interval_s,
+        max_open=inc.max_open,
+    )
+    sinks: list[FindingSink] = []
+    if console:
+        sinks.append(ConsoleFindings())
+    if cfg.sinks.findings_jsonl.path:
+        from detector.sinks.findings_jsonl import FindingsJsonlSink
+
+        sinks.append(FindingsJsonlSink(cfg.sinks.findings_jsonl.path))
+    return DetectionStage(scorer, tracker, sinks)
