@@ -309,7 +309,7 @@ def test_logs_json_and_kvlist_bodies() -> None:
     [a] = decode_proto(_logs(None, {"method": "GET", "path": "/", "response_code": 401}))
     assert a.outcome == UNAUTHENTICATED
     # OTLP/JSON logs with a text body
-    line = '[2020-11-25T21:26:18.409Z] "GET /status/500 HTTP/1.1" 500 - via_upstream - "-" 0 135 4 4 "-" "curl" "id-1" "httpbin:8000" "10.44.1.27:80" inbound|8000|| 127.0.0.1:41854 10.44.1.27:80 10.44.1.23:37652 - default'  # noqa: E501
+    line = '[2020-11-25T21:26:18.409Z] "GET /status/500 HTTP/1.1" 500 - via_upstream - "-" 0 135 4 4 "-" "curl" "id-1" "httpbin:8000" "10.44.1.27:80" inbound|8000|| 127.0.0.1:41854 10.44.1.27:80 10.44.1.23:37652 - default'
     data = {
         "resourceLogs": [
             {
