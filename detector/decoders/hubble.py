@@ -54,7 +54,8 @@ from typing import Any, Final
 
 import orjson
 
-from detector.errors import DecodeError, PartialDecode
+from detector.decoders.batch import BadItem, decode_items, decode_one
+from detector.errors import DecodeError
 from detector.records import (
     AUTH_FAILURE,
     CONNECTION,
@@ -186,16 +187,9 @@ def _str(v: Any) -> str | None:
     return v if isinstance(v, str) and v else None
 
 
-class _Bad(Exception):
-    """One flow of a batch is malformed (internal; becomes a problem or a DecodeError)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
 def _flow_record(obj: Any, source: str | None, offset: int | None) -> FlowRecord | None:
     if not isinstance(obj, dict):
-        raise _Bad("not_hubble")
+        raise BadItem("not_hubble")
     flow = obj.get("flow")
     if flow is None:
         flow = obj  # a bare flow object
@@ -205,15 +199,15 @@ def _flow_record(obj: Any, source: str | None, offset: int | None) -> FlowRecord
             flow.get("node_name") if isinstance(flow, dict) else None
         )
     if not isinstance(flow, dict):
-        raise _Bad("bad_field")
+        raise BadItem("bad_field")
     if "verdict" not in flow and "IP" not in flow and "l7" not in flow and "source" not in flow:
-        raise _Bad("not_hubble")
+        raise BadItem("not_hubble")
 
     ts = parse_time(flow.get("time"))
     if ts is None:
         ts = parse_time(obj.get("time"))
     if ts is None:
-        raise _Bad("bad_timestamp")
+        raise BadItem("bad_timestamp")
 
     verdict = flow.get("verdict")
     verdict = verdict if isinstance(verdict, str) else str(verdict) if verdict is not None else ""
@@ -389,21 +383,5 @@ def decode(data: bytes, source: str | None = None, offset: int | None = None) ->
     except orjson.JSONDecodeError:
         raise DecodeError("not_json") from None
     if isinstance(obj, list):
-        records: list[FlowRecord] = []
-        problems: list[str] = []
-        for item in obj:
-            try:
-                rec = _flow_record(item, source, offset)
-            except _Bad as e:
-                problems.append(e.reason)
-                continue
-            if rec is not None:
-                records.append(rec)
-        if problems:
-            raise PartialDecode(records, problems)
-        return records
-    try:
-        rec = _flow_record(obj, source, offset)
-    except _Bad as e:
-        raise DecodeError(e.reason) from None
-    return [rec] if rec is not None else []
+        return decode_items(obj, _flow_record, source, offset)
+    return decode_one(obj, _flow_record, source, offset)

@@ -36,8 +36,9 @@ from typing import Any, Final
 
 import orjson
 
+from detector.decoders.batch import BadItem, decode_items, decode_one
 from detector.decoders.hubble import parse_time
-from detector.errors import DecodeError, PartialDecode
+from detector.errors import DecodeError
 from detector.records import (
     API_AUDIT,
     DENIED,
@@ -52,17 +53,12 @@ _SA_PREFIX: Final = "system:serviceaccount:"
 _DECISION: Final = "authorization.k8s.io/decision"
 
 
-class _Bad(Exception):
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
-
-
 def _event_record(ev: Any, source: str | None, offset: int | None) -> FlowRecord | None:
     if not isinstance(ev, dict):
-        raise _Bad("not_audit")
+        raise BadItem("not_audit")
     stage = ev.get("stage")
     if "auditID" not in ev and "verb" not in ev and "requestURI" not in ev:
-        raise _Bad("not_audit")
+        raise BadItem("not_audit")
     rs = ev.get("responseStatus")
     rs = rs if isinstance(rs, dict) else {}
     code = rs.get("code")
@@ -105,7 +101,7 @@ def _event_record(ev: Any, source: str | None, offset: int | None) -> FlowRecord
         meta = ev.get("metadata")
         ts = parse_time(meta.get("creationTimestamp")) if isinstance(meta, dict) else None
     if ts is None:
-        raise _Bad("bad_timestamp")
+        raise BadItem("bad_timestamp")
     duration = (stage_ts - ts) * 1000.0 if stage_ts is not None and stage_ts >= ts else None
 
     verb = ev.get("verb")
@@ -159,21 +155,5 @@ def decode(data: bytes, source: str | None = None, offset: int | None = None) ->
     except orjson.JSONDecodeError:
         raise DecodeError("not_json") from None
     if isinstance(obj, dict) and isinstance(obj.get("items"), list) and "auditID" not in obj:
-        records: list[FlowRecord] = []
-        problems: list[str] = []
-        for item in obj["items"]:
-            try:
-                rec = _event_record(item, source, offset)
-            except _Bad as e:
-                problems.append(e.reason)
-                continue
-            if rec is not None:
-                records.append(rec)
-        if problems:
-            raise PartialDecode(records, problems)
-        return records
-    try:
-        rec = _event_record(obj, source, offset)
-    except _Bad as e:
-        raise DecodeError(e.reason) from None
-    return [rec] if rec is not None else []
+        return decode_items(obj["items"], _event_record, source, offset)
+    return decode_one(obj, _event_record, source, offset)
