@@ -50,6 +50,7 @@ class DetectionStage:
         self.tracker = tracker
         self.sinks = list(sinks)
         self.findings = 0
+        self.by_type: dict[str, int] = {}  # anomalies raised, by finding type
 
     async def emit(self, windows: list[EdgeWindow]) -> None:
         by_time: dict[float, list[EdgeWindow]] = {}
@@ -59,7 +60,10 @@ class DetectionStage:
         for t in sorted(by_time):
             batch = by_time[t]
             now = batch[0].window_end
-            out += self.tracker.observe(self.scorer.process(batch), now)
+            anomalies = self.scorer.process(batch)
+            for a in anomalies:
+                self.by_type[a.finding_type] = self.by_type.get(a.finding_type, 0) + 1
+            out += self.tracker.observe(anomalies, now)
             out += self.tracker.tick(now)
         if out:
             for sink in self.sinks:
@@ -95,23 +99,30 @@ def allow_from_config(rules: Sequence[Any]) -> list[AllowRule]:
     ]
 
 
-def from_config(cfg: Any, console: bool) -> DetectionStage:
-    """The stage for a ``DetectorConfig`` whose ``detection.model`` is set."""
-    from detector import artifacts
-
-    d = cfg.detection
-    art = artifacts.load(d.model)
+def scorer_and_tracker(art: Any, detection: Any = None) -> tuple[Scorer, IncidentTracker]:
+    """A scorer from a loaded artifact and an incident tracker, both configured by the
+    ``detection`` section of a config (the defaults when None)."""
+    if detection is None:
+        return art.scorer(), IncidentTracker()
     scorer = art.scorer(
-        thresholds=thresholds_from_config(d.thresholds),
-        allow=allow_from_config(d.allow),
-        learn_online=d.learn_online,
+        thresholds=thresholds_from_config(detection.thresholds),
+        allow=allow_from_config(detection.allow),
+        learn_online=detection.learn_online,
     )
-    inc = d.incidents
+    inc = detection.incidents
     tracker = IncidentTracker(
         close_after_quiet_s=inc.close_after_quiet_s,
         update_min_interval_s=inc.update_min_interval_s,
         max_open=inc.max_open,
     )
+    return scorer, tracker
+
+
+def from_config(cfg: Any, console: bool) -> DetectionStage:
+    """The stage for a ``DetectorConfig`` whose ``detection.model`` is set."""
+    from detector import artifacts
+
+    scorer, tracker = scorer_and_tracker(artifacts.load(cfg.detection.model), cfg.detection)
     sinks: list[FindingSink] = []
     if console:
         sinks.append(ConsoleFindings())

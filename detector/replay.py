@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from detector import artifacts
 from detector.decoders import get_decoder
 from detector.errors import DecodeError, InfrastructureError, PartialDecode
@@ -244,48 +242,21 @@ def replay(
 ) -> ReplayResult:
     """``detection``: the ``detection`` section of a config (thresholds, allow-list, incident
     settings); the defaults when None."""
-    from detector.detection import allow_from_config, thresholds_from_config
-    from detector.findings import IncidentTracker
+    from detector.detection import DetectionStage, scorer_and_tracker
+    from detector.sinks.findings_jsonl import FindingsJsonlSink
 
     art = artifacts.load(model)
     paths = expand_inputs(inputs)
     settings = settings or PipelineSettings(allowed_lateness_s=30.0)
     settings.window_s = float(art.manifest.get("window_s", settings.window_s))
-    if detection is None:
-        scorer = art.scorer()
-        tracker = IncidentTracker()
-    else:
-        scorer = art.scorer(
-            thresholds=thresholds_from_config(detection.thresholds),
-            allow=allow_from_config(detection.allow),
-            learn_online=detection.learn_online,
-        )
-        inc = detection.incidents
-        tracker = IncidentTracker(
-            close_after_quiet_s=inc.close_after_quiet_s,
-            update_min_interval_s=inc.update_min_interval_s,
-            max_open=inc.max_open,
-        )
+    scorer, tracker = scorer_and_tracker(art, detection)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    counts: dict[str, int] = {}
-    n_findings = 0
-    with open(out / "findings.jsonl", "wb") as ff, open(out / "actions.jsonl", "wb"):
-
-        def handle(windows: list[EdgeWindow]) -> None:
-            nonlocal n_findings
-            by_time: dict[float, list[EdgeWindow]] = {}
-            for w in windows:
-                by_time.setdefault(w.window_start, []).append(w)
-            for t in sorted(by_time):
-                anomalies = scorer.process(by_time[t])
-                now_ms_ts = by_time[t][0].window_end
-                findings = tracker.observe(anomalies, now_ms_ts) + tracker.tick(now_ms_ts)
-                for f in findings:
-                    ff.write(orjson.dumps(f) + b"\n")
-                    n_findings += 1
-                for a in anomalies:
-                    counts[a.finding_type] = counts.get(a.finding_type, 0) + 1
-
-        _, stats = _run(paths, settings, _WindowCollector(handle), "replay", cluster_from_filename)
-    return ReplayResult(n_findings, 0, stats, scorer, counts)
+    (out / "findings.jsonl").unlink(missing_ok=True)  # a replay starts a fresh file
+    (out / "actions.jsonl").write_bytes(b"")
+    stage = DetectionStage(scorer, tracker, [FindingsJsonlSink(out / "findings.jsonl")])
+    try:
+        _, stats = _run(paths, settings, stage, "replay", cluster_from_filename)
+    finally:
+        asyncio.run(stage.close())
+    return ReplayResult(stage.findings, 0, stats, scorer, dict(stage.by_type))
