@@ -81,8 +81,15 @@ def run(config_path: Path | None, quiet: bool) -> None:
     On SIGTERM it stops fetching, drains what it has, flushes every open window to the sinks,
     commits offsets and exits 0. A broken broker, file or sink exits 3.
     """
+    import logging
+
     from detector.config import default_config, load_config
     from detector.runner import print_summary, run_config
+
+    # one line per event of the service itself (never per record), to stderr
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
 
     cfg = load_config(config_path) if config_path else default_config()
     if quiet:

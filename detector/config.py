@@ -190,6 +190,13 @@ class DetectionConfig(Strict):
     incidents: IncidentsConfig = IncidentsConfig()
 
 
+class ServiceConfig(Strict):
+    """HTTP endpoints of the long-running service: /healthz, /readyz, /metrics."""
+
+    listen_host: str = "0.0.0.0"
+    listen_port: int | None = Field(None, ge=0, le=65535)  # none: no endpoints (CLI use)
+
+
 class DetectorConfig(Strict):
     sources: list[SourceConfig] = Field(min_length=1)
     resolution: ResolutionConfig = ResolutionConfig()
@@ -198,6 +205,7 @@ class DetectorConfig(Strict):
     pipeline: PipelineConfig = PipelineConfig()
     sinks: SinksConfig = SinksConfig()
     detection: DetectionConfig = DetectionConfig()
+    service: ServiceConfig = ServiceConfig()
 
     @field_validator("sources")
     @classmethod

@@ -135,6 +135,11 @@ class Pipeline:
     def stop(self) -> None:
         self._stop.set()
 
+    @property
+    def streams_seen(self) -> int:
+        """Streams that delivered or announced themselves (readiness: sources assigned)."""
+        return len(self._stream_wall)
+
     async def run(self, sources: Sequence[Source]) -> PipelineStats:
         start = time.perf_counter()
         queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=self.settings.queue_batches)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import sys
 from typing import Any
@@ -25,6 +26,8 @@ from detector.config import (
 from detector.deadletters import DeadLetters
 from detector.pipeline import Pipeline, PipelineStats, WindowSink, settings_from_config
 from detector.sources import Source, StaticAttrs
+
+log = logging.getLogger(__name__)
 
 
 def build_sources(cfg: DetectorConfig) -> list[Source]:
@@ -121,8 +124,16 @@ def build_pipeline(cfg: DetectorConfig, sinks: list[WindowSink] | None = None) -
     )
 
 
-async def run_pipeline(pipeline: Pipeline, sources: list[Source]) -> PipelineStats:
+async def run_pipeline(
+    pipeline: Pipeline, sources: list[Source], listen: tuple[str, int] | None = None
+) -> PipelineStats:
     loop = asyncio.get_running_loop()
+    server = None
+    if listen is not None:
+        from detector.web import serve
+
+        server = await serve(pipeline, *listen)
+        log.info("serving /healthz /readyz /metrics on %s:%d", listen[0], server.port)
     installed = []
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
@@ -131,6 +142,8 @@ async def run_pipeline(pipeline: Pipeline, sources: list[Source]) -> PipelineSta
     try:
         return await pipeline.run(sources)
     finally:
+        if server is not None:
+            await server.close()
         for sig in installed:
             loop.remove_signal_handler(sig)
         for sink in pipeline.sinks:
@@ -142,7 +155,9 @@ async def run_pipeline(pipeline: Pipeline, sources: list[Source]) -> PipelineSta
 def run_config(cfg: DetectorConfig, **kwargs: Any) -> tuple[Pipeline, PipelineStats]:
     pipeline = build_pipeline(cfg, **kwargs)
     sources = build_sources(cfg)
-    stats = asyncio.run(run_pipeline(pipeline, sources))
+    svc = cfg.service
+    listen = (svc.listen_host, svc.listen_port) if svc.listen_port is not None else None
+    stats = asyncio.run(run_pipeline(pipeline, sources, listen))
     return pipeline, stats
 
 
