@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,9 @@ from detector.delivery.retry import (
 )
 from detector.delivery.settings import DeliverySettings, WebhookEndpointSettings
 from detector.delivery.signing import message_id, ordering_key, sign_headers
+from detector.errors import InfrastructureError
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["findings", "actions"]
 USER_AGENT = f"detector/{__version__} (+standard-webhooks)"
@@ -101,6 +105,7 @@ class WebhookSink:
         self._started = False
         self._stopping = False
         self.enqueued = 0
+        self.error: BaseException | None = None  # why a worker stopped, if one did
 
     @classmethod
     async def open(
@@ -141,6 +146,10 @@ class WebhookSink:
             return
         if self._stopping:
             raise RuntimeError("webhook sink is closed")
+        if self.error is not None:
+            # A worker died on the outbox (disk full, file gone): stop acknowledging, so the
+            # pipeline stops committing offsets and the process exits for a restart.
+            raise InfrastructureError(f"webhook delivery stopped: {self.error}")
         targets = [e for e in self.endpoints.values() if kind in e.settings.kinds]
         if not targets:
             return
@@ -223,6 +232,11 @@ class WebhookSink:
             await self._session.close()
             self._session = None
 
+    @property
+    def healthy(self) -> bool:
+        """For ``/readyz``: no worker has died."""
+        return self.error is None and not self.outbox.closed
+
     def stats(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         for name, ep in self.endpoints.items():
@@ -239,6 +253,15 @@ class WebhookSink:
             await asyncio.wait_for(ep.wake.wait(), timeout=real)
 
     async def _worker(self, ep: _Endpoint) -> None:
+        try:
+            await self._deliver(ep)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.error("webhook worker %s stopped: %s", ep.settings.name, e)
+            self.error = e
+
+    async def _deliver(self, ep: _Endpoint) -> None:
         s = ep.settings
         sem = asyncio.Semaphore(s.concurrency)
         while not self._stopping and not ep.disabled:
@@ -292,7 +315,7 @@ class WebhookSink:
                     status = resp.status
                     retry_after = resp.headers.get("Retry-After")
                     await resp.read()
-            except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            except Exception as e:  # connection, timeout, protocol: all worth a retry
                 return self._retry(ep, row, f"{type(e).__name__}: {e}"[:300], None, 0)
         outcome = classify(status)
         if outcome is Outcome.DELIVERED:
