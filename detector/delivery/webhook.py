@@ -22,6 +22,10 @@ Contract:
   rows to pending; ``abort()`` stops without any of that (as a crash would). Either way the
   next ``open`` of the same file resumes: at-least-once, duplicates only as retries with the
   same ``webhook-id``.
+* ``from_settings`` builds the sink from the ``delivery`` config section synchronously (the
+  outbox file opens at once, so a bad path fails at startup); an hourly task prunes delivered
+  rows older than ``retention_s``. ``healthy`` is False once a worker died (the outbox failed);
+  ``emit`` then raises ``InfrastructureError`` instead of acknowledging.
 * Redirects are not followed (a redirect is a misconfigured endpoint, dead ``http_3xx``).
 """
 
@@ -32,6 +36,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -41,7 +46,7 @@ import orjson
 
 from detector import __version__
 from detector.delivery import cloudevents
-from detector.delivery.outbox import Claimed, NewMessage, Outbox, Result
+from detector.delivery.outbox import Claimed, NewMessage, Outbox, OutboxStore, Result
 from detector.delivery.retry import (
     CircuitBreaker,
     Clock,
@@ -89,12 +94,14 @@ class WebhookSink:
         *,
         source: str = "urn:detector",
         drain_s: float = 10.0,
+        retention_s: float = 7 * 86400.0,
         clock: Clock | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self.outbox = outbox
         self.source = source
         self.drain_s = drain_s
+        self.retention_s = retention_s
         self.clock: Clock = clock or RealClock()
         self.rng = rng or random.Random()
         self.endpoints = {
@@ -106,6 +113,7 @@ class WebhookSink:
         self._stopping = False
         self.enqueued = 0
         self.error: BaseException | None = None  # why a worker stopped, if one did
+        self._maintenance: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(
@@ -122,15 +130,21 @@ class WebhookSink:
         return cls(outbox, endpoints, clock=clk, **kwargs)
 
     @classmethod
-    async def from_settings(
+    def from_settings(
         cls, settings: DeliverySettings, *, clock: Clock | None = None
     ) -> WebhookSink:
-        return await cls.open(
-            settings.outbox_path,
+        """Build from the ``delivery`` config section, synchronously (opens the file now, so a
+        bad path fails at startup with ``InfrastructureError``); workers start on first emit."""
+        clk = clock or RealClock()
+        store = OutboxStore(settings.outbox_path, clock=clk.now)
+        outbox = Outbox(store, ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox"))
+        return cls(
+            outbox,
             settings.webhooks,
-            clock=clock,
+            clock=clk,
             source=settings.source,
             drain_s=settings.drain_s,
+            retention_s=settings.retention_s,
         )
 
     # -- the sink -----------------------------------------------------------------------------
@@ -186,6 +200,7 @@ class WebhookSink:
             connector=aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True),
             headers={"user-agent": USER_AGENT},
         )
+        self._maintenance = asyncio.create_task(self._prune_loop(), name="outbox:prune")
         disabled = await self.outbox.disabled_endpoints()
         for ep in self.endpoints.values():
             ep.disabled = ep.settings.name in disabled
@@ -224,6 +239,8 @@ class WebhookSink:
     async def _stop_workers(self) -> None:
         self._stopping = True
         tasks = [e.task for e in self.endpoints.values() if e.task is not None]
+        if self._maintenance is not None:
+            tasks.append(self._maintenance)
         for t in tasks:
             t.cancel()
         if tasks:
@@ -246,6 +263,15 @@ class WebhookSink:
         return out
 
     # -- delivery -----------------------------------------------------------------------------
+
+    async def _prune_loop(self) -> None:
+        # Delivered rows are kept only as idempotency keys; an hourly sweep bounds the file.
+        while True:
+            try:
+                await self.outbox.prune(self.retention_s)
+            except Exception as e:
+                log.warning("outbox prune failed: %s", e)
+            await asyncio.sleep(self.clock.real_s(3600.0))
 
     async def _idle(self, ep: _Endpoint, clock_s: float) -> None:
         real = min(max(self.clock.real_s(clock_s), 0.0), IDLE_POLL_S)

@@ -133,3 +133,18 @@ async def test_async_outbox_runs_on_its_own_thread(tmp_path: Path) -> None:
         assert (await ob.counts())["delivered"] == 1
     finally:
         await ob.close()
+
+
+async def test_sink_from_settings_opens_the_file_synchronously(tmp_path: Path) -> None:
+    from detector.delivery import DeliverySettings, WebhookSink
+    from detector.delivery.signing import new_secret
+
+    settings = DeliverySettings.model_validate(
+        {
+            "outbox_path": str(tmp_path / "state" / "outbox.sqlite"),
+            "webhooks": [{"name": "soc", "url": "http://127.0.0.1:9/h", "secrets": [new_secret()]}],
+        }
+    )
+    sink = WebhookSink.from_settings(settings)
+    assert (tmp_path / "state" / "outbox.sqlite").exists()
+    await sink.close(drain_s=0)
