@@ -365,13 +365,15 @@ def replay(
     from detector.config import load_config
     from detector.replay import replay as do_replay
 
+    cfg = load_config(config_path) if config_path else None
     res = do_replay(
         model_dir,
         inputs,
         out_dir,
         _settings(None, lateness_s),
         cluster_from_filename=cluster_from_filename,
-        detection=load_config(config_path).detection if config_path else None,
+        detection=cfg.detection if cfg else None,
+        response=cfg.response if cfg else None,
     )
     types = ", ".join(f"{k} {v}" for k, v in sorted(res.by_type.items())) or "none"
     click.echo(
@@ -503,7 +505,8 @@ def simulate(
 @_friendly
 def evaluate(labels: str, findings: str, manifest: str | None, as_json: bool) -> None:
     """Score findings against labelled scenarios: recall, time to detect, false positives per
-    hour, precision per scenario, and whether any trap raised a security finding."""
+    hour, precision per scenario, whether any trap raised a security finding, and which
+    scenarios got remediation actions (read from actions.jsonl beside the findings)."""
     from detector.evaluation import evaluate as do_eval
     from detector.evaluation import format_report, read_jsonl
 
@@ -514,7 +517,11 @@ def evaluate(labels: str, findings: str, manifest: str | None, as_json: bool) ->
         span = orjson.loads(man_path.read_bytes())["spans"]["test"]
     except (OSError, KeyError, orjson.JSONDecodeError) as e:
         raise InfrastructureError(f"cannot read the test span from {man_path}: {e}") from None
-    report = do_eval(read_jsonl(labels), read_jsonl(findings), (span["start"], span["end"]))
+    actions_path = Path(findings).with_name("actions.jsonl")
+    actions = read_jsonl(actions_path) if actions_path.exists() else []
+    report = do_eval(
+        read_jsonl(labels), read_jsonl(findings), (span["start"], span["end"]), actions=actions
+    )
     if as_json:
         click.echo(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode())
     else:

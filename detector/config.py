@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from detector.decoders import FORMATS
 from detector.errors import ConfigError
+from detector.remediation.playbooks import ResponseConfig
 from detector.sources.kafka import KafkaSettings
 
 
@@ -143,6 +144,7 @@ class SinksConfig(Strict):
     console: ConsoleSinkConfig = ConsoleSinkConfig()
     windows_jsonl: JsonlSinkConfig = JsonlSinkConfig()
     findings_jsonl: JsonlSinkConfig = JsonlSinkConfig()  # OCSF findings, one per line
+    actions_jsonl: JsonlSinkConfig = JsonlSinkConfig()  # remediation action records
 
 
 class ThresholdsConfig(Strict):
@@ -206,6 +208,7 @@ class DetectorConfig(Strict):
     sinks: SinksConfig = SinksConfig()
     detection: DetectionConfig = DetectionConfig()
     service: ServiceConfig = ServiceConfig()
+    response: ResponseConfig = ResponseConfig()  # playbooks and rails (dry run by default)
 
     @field_validator("sources")
     @classmethod

@@ -45,11 +45,28 @@ class ConsoleFindings:
 
 
 class DetectionStage:
-    def __init__(self, scorer: Scorer, tracker: IncidentTracker, sinks: Sequence[FindingSink]):
+    """Windows -> scorer -> incidents -> (responder) -> findings and action records.
+
+    With a responder, every finding batch goes through the playbooks and rails before it is
+    emitted: findings that got remediation actions carry OCSF ``remediation`` naming them, and
+    the action records (and TTL restores) go to ``action_sinks`` after the findings.
+    """
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        tracker: IncidentTracker,
+        sinks: Sequence[FindingSink],
+        responder: Any = None,
+        action_sinks: Sequence[FindingSink] = (),
+    ):
         self.scorer = scorer
         self.tracker = tracker
         self.sinks = list(sinks)
+        self.responder = responder
+        self.action_sinks = list(action_sinks)
         self.findings = 0
+        self.actions = 0
         self.by_type: dict[str, int] = {}  # anomalies raised, by finding type
 
     async def emit(self, windows: list[EdgeWindow]) -> None:
@@ -57,22 +74,50 @@ class DetectionStage:
         for w in windows:
             by_time.setdefault(w.window_start, []).append(w)
         out: list[dict[str, Any]] = []
+        actions: list[dict[str, Any]] = []
         for t in sorted(by_time):
             batch = by_time[t]
             now = batch[0].window_end
             anomalies = self.scorer.process(batch)
             for a in anomalies:
                 self.by_type[a.finding_type] = self.by_type.get(a.finding_type, 0) + 1
-            out += self.tracker.observe(anomalies, now)
-            out += self.tracker.tick(now)
+            found = self.tracker.observe(anomalies, now) + self.tracker.tick(now)
+            if self.responder is not None:
+                acts = self.responder.on_findings(found, now) + self.responder.tick(now)
+                _attach(found, acts)
+                actions += acts
+            out += found
         if out:
             for sink in self.sinks:
                 await sink.emit(out)
             self.findings += len(out)
+        if actions:
+            for sink in self.action_sinks:
+                await sink.emit(actions)
+            self.actions += len(actions)
 
     async def close(self) -> None:
-        for sink in self.sinks:
+        for sink in self.sinks + self.action_sinks:
             await sink.close()
+
+
+def _attach(findings: list[dict[str, Any]], actions: list[dict[str, Any]]) -> None:
+    """Name, in each finding, the remediation actions taken (or proposed) for its incident."""
+    from detector.findings import attach_remediation
+    from detector.remediation.actions import describe
+
+    by_incident: dict[str, list[dict[str, Any]]] = {}
+    for a in actions:
+        if (
+            a.get("kind") in ("tighten_policy", "revoke_credential")
+            and a.get("state") != "suppressed"
+        ):
+            by_incident.setdefault(str(a.get("incident_uid")), []).append(a)
+    for f in findings:
+        acts = by_incident.get(str(f.get("finding_info", {}).get("uid")))
+        if acts:
+            desc = "; ".join(f"{a.get('state')}: {describe(a)}" for a in acts)
+            attach_remediation(f, desc, [str(a["action_id"]) for a in acts])
 
 
 def thresholds_from_config(cfg: Any) -> Thresholds:
@@ -97,6 +142,14 @@ def allow_from_config(rules: Sequence[Any]) -> list[AllowRule]:
         )
         for r in rules
     ]
+
+
+def responder_for(scorer: Scorer, response: Any) -> Any:
+    """The response stage over the scorer's learned novelty baseline (blast radii)."""
+    from detector.remediation import Responder, ResponseConfig
+
+    novelty: Any = next((m for m in scorer.models if m.name == "novelty"), None)
+    return Responder(response or ResponseConfig(), baseline=novelty)
 
 
 def scorer_and_tracker(art: Any, detection: Any = None) -> tuple[Scorer, IncidentTracker]:
@@ -130,4 +183,9 @@ def from_config(cfg: Any, console: bool) -> DetectionStage:
         from detector.sinks.findings_jsonl import FindingsJsonlSink
 
         sinks.append(FindingsJsonlSink(cfg.sinks.findings_jsonl.path))
-    return DetectionStage(scorer, tracker, sinks)
+    action_sinks: list[FindingSink] = []
+    if cfg.sinks.actions_jsonl.path:
+        from detector.sinks.findings_jsonl import FindingsJsonlSink
+
+        action_sinks.append(FindingsJsonlSink(cfg.sinks.actions_jsonl.path))
+    return DetectionStage(scorer, tracker, sinks, responder_for(scorer, cfg.response), action_sinks)

@@ -38,6 +38,7 @@ class ScenarioResult:
     first_detection: float | None = None
     types: set[str] = field(default_factory=set)
     created_during: int = 0  # security incidents created while it ran (precision denominator)
+    actions: set[str] = field(default_factory=set)  # remediation actions on its incidents
 
     @property
     def detected(self) -> bool:
@@ -62,6 +63,7 @@ class Report:
     operational: int
     context: int
     security_incidents: int
+    actions_on_false_positives: int = 0
 
     @property
     def attacks(self) -> list[ScenarioResult]:
@@ -89,6 +91,10 @@ class Report:
     def traps_flagged(self) -> list[str]:
         return [s.name for s in self.traps if s.incidents]
 
+    @property
+    def traps_remediated(self) -> list[str]:
+        return [s.name for s in self.traps if s.actions]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "recall": self.recall,
@@ -97,6 +103,8 @@ class Report:
             "false_positives": len(self.false_positives),
             "test_hours": self.test_hours,
             "traps_flagged": self.traps_flagged,
+            "traps_remediated": self.traps_remediated,
+            "actions_on_false_positives": self.actions_on_false_positives,
             "security_incidents": self.security_incidents,
             "operational_findings": self.operational,
             "context_findings": self.context,
@@ -108,6 +116,7 @@ class Report:
                     "ttd_s": s.ttd_s,
                     "incidents": len(s.incidents),
                     "precision": s.precision,
+                    "remediation_actions": len(s.actions),
                     "finding_types": sorted(s.types),
                 }
                 for s in self.scenarios
@@ -151,12 +160,18 @@ def _matches(
     return any(x in services for x in extra)
 
 
+REMEDIATIONS = ("tighten_policy", "revoke_credential")
+
+
 def evaluate(
     labels: Iterable[Mapping[str, Any]],
     findings: Iterable[Mapping[str, Any]],
     test_span: tuple[float, float],
     grace_s: float = 300.0,
+    actions: Iterable[Mapping[str, Any]] = (),
 ) -> Report:
+    """See the module docstring; ``actions``: records of ``actions.jsonl`` (remediation
+    actions count when proposed, approved or applied, not when a rail suppressed them)."""
     labs = sorted(labels, key=lambda x: x["start_ts"])
     results = [
         ScenarioResult(x["scenario"], x["kind"], float(x["start_ts"]), float(x["end_ts"]))
@@ -206,13 +221,24 @@ def evaluate(
     for r in results:
         if r.kind == "trap":
             r.first_detection = None
+    fp_uids = {str(fp["uid"]) for fp in fps}
+    on_fp = 0
+    for a in actions:
+        if a.get("kind") not in REMEDIATIONS or a.get("state") == "suppressed":
+            continue
+        inc = str(a.get("incident_uid"))
+        for r in results:
+            if inc in r.incidents:
+                r.actions.add(str(a.get("action_id")))
+        on_fp += inc in fp_uids
     hours = max(0.0, test_span[1] - test_span[0]) / 3600.0
-    return Report(results, hours, fps, operational, context, security)
+    return Report(results, hours, fps, operational, context, security, on_fp)
 
 
 def _fp_summary(f: Mapping[str, Any]) -> dict[str, Any]:
     un = f.get("unmapped", {})
     return {
+        "uid": f.get("finding_info", {}).get("uid"),
         "time": f.get("time"),
         "finding_type": un.get("finding_type"),
         "edge": un.get("edge", {}).get("text"),
@@ -228,7 +254,7 @@ def _fmt_s(s: float | None) -> str:
 def format_report(r: Report) -> str:
     lines = [
         f"{'scenario':28} {'kind':6} {'detected':8} {'time to detect':>14} {'incidents':>9} "
-        f"{'precision':>9}  finding types",
+        f"{'precision':>9} {'remediated':>10}  finding types",
     ]
     for s in r.scenarios:
         det = "yes" if s.detected else ("-" if s.kind == "trap" else "NO")
@@ -237,7 +263,7 @@ def format_report(r: Report) -> str:
         prec = "-" if s.precision is None or s.kind == "trap" else f"{s.precision:.2f}"
         lines.append(
             f"{s.name:28} {s.kind:6} {det:8} {_fmt_s(s.ttd_s):>14} {len(s.incidents):>9} "
-            f"{prec:>9}  {', '.join(sorted(s.types)) or '-'}"
+            f"{prec:>9} {len(s.actions) or '-':>10}  {', '.join(sorted(s.types)) or '-'}"
         )
     med = r.median_ttd_s
     lines += [
@@ -246,7 +272,9 @@ def format_report(r: Report) -> str:
         f"median time to detect {_fmt_s(med)}; "
         f"false positives {len(r.false_positives)} in {r.test_hours:.1f} h = "
         f"{r.fp_per_hour * 8:.2f} per 8 h; traps flagged: "
-        f"{', '.join(r.traps_flagged) or 'none'}",
+        f"{', '.join(r.traps_flagged) or 'none'}; traps remediated: "
+        f"{', '.join(r.traps_remediated) or 'none'}; actions on false positives: "
+        f"{r.actions_on_false_positives}",
         f"security incidents {r.security_incidents}; operational findings {r.operational}; "
         f"context findings {r.context}",
     ]

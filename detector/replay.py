@@ -239,10 +239,11 @@ def replay(
     settings: PipelineSettings | None = None,
     cluster_from_filename: bool = False,
     detection: Any = None,
+    response: Any = None,
 ) -> ReplayResult:
     """``detection``: the ``detection`` section of a config (thresholds, allow-list, incident
     settings); the defaults when None."""
-    from detector.detection import DetectionStage, scorer_and_tracker
+    from detector.detection import DetectionStage, responder_for, scorer_and_tracker
     from detector.sinks.findings_jsonl import FindingsJsonlSink
 
     art = artifacts.load(model)
@@ -252,11 +253,18 @@ def replay(
     scorer, tracker = scorer_and_tracker(art, detection)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "findings.jsonl").unlink(missing_ok=True)  # a replay starts a fresh file
-    (out / "actions.jsonl").write_bytes(b"")
-    stage = DetectionStage(scorer, tracker, [FindingsJsonlSink(out / "findings.jsonl")])
+    for name in ("findings.jsonl", "actions.jsonl"):  # a replay starts fresh files
+        (out / name).unlink(missing_ok=True)
+    stage = DetectionStage(
+        scorer,
+        tracker,
+        [FindingsJsonlSink(out / "findings.jsonl")],
+        responder_for(scorer, response),
+        [FindingsJsonlSink(out / "actions.jsonl")],
+    )
     try:
         _, stats = _run(paths, settings, stage, "replay", cluster_from_filename)
     finally:
         asyncio.run(stage.close())
-    return ReplayResult(stage.findings, 0, stats, scorer, dict(stage.by_type))
+    (out / "actions.jsonl").touch()  # present even when no playbook fired
+    return ReplayResult(stage.findings, stage.actions, stats, scorer, dict(stage.by_type))

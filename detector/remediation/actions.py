@@ -113,7 +113,7 @@ def _activity(kind: str) -> int:
     )
 
 
-def _desc(rec: Mapping[str, Any]) -> str:
+def describe(rec: Mapping[str, Any]) -> str:
     t = rec.get("target") or {}
     who = t.get("principal") or t.get("src_ip") or "unknown caller"
     if t.get("src_cluster"):
@@ -160,7 +160,7 @@ def to_ocsf(rec: Mapping[str, Any]) -> dict[str, Any]:
         "command_uid": str(rec["action_id"]),
         "status_id": status_id,
         "status": status,
-        "message": ("[dry run] " if rec.get("dry_run") else "") + _desc(rec),
+        "message": ("[dry run] " if rec.get("dry_run") else "") + describe(rec),
         "metadata": {
             "version": OCSF_VERSION,
             "product": {
@@ -185,7 +185,7 @@ def to_ocsf(rec: Mapping[str, Any]) -> dict[str, Any]:
         event["end_time"] = _ms(rec["expires_ts"])
     refs = [ref_text(object_ref(o)) for o in rec.get("objects", [])]
     refs += [ref_text(r) for r in rec.get("delete_objects", [])]
-    remediation: dict[str, Any] = {"desc": _desc(rec)}
+    remediation: dict[str, Any] = {"desc": describe(rec)}
     if refs:
         remediation["references"] = refs
     event["remediation"] = remediation

@@ -73,3 +73,25 @@ def test_global_trap_matches_any_security_finding_in_its_time() -> None:
     loud = evaluate(labels, [finding(50, "s", "rate_surge", dst_service="a", dst_cluster="b")],
                     (0, H))
     assert loud.traps_flagged == ["global_surge"]
+
+
+def test_remediation_per_scenario_and_on_traps() -> None:
+    findings = [
+        finding(1120, "u1", "lateral_movement", src_principal="spiffe://td/ns/a/sa/x", src_cluster="eu"),
+        finding(8200, "u4", "rate_surge", src_principal="spiffe://td/ns/c/sa/z", src_cluster="eu",
+                dst_service="pay", dst_namespace="payments", dst_cluster="eu"),
+    ]
+    actions = [
+        {"action_id": "a1", "kind": "tighten_policy", "state": "proposed", "incident_uid": "u1"},
+        {"action_id": "a2", "kind": "notify", "state": "proposed", "incident_uid": "u4"},
+        {"action_id": "a3", "kind": "tighten_policy", "state": "suppressed", "incident_uid": "u4"},
+    ]
+    r = evaluate(LABELS, findings, (0.0, 12 * H), actions=actions)
+    by = {s.name: s for s in r.scenarios}
+    assert by["lateral_movement"].actions == {"a1"}
+    assert r.traps_remediated == []  # a notification and a suppressed action do not count
+    r2 = evaluate(LABELS, findings, (0.0, 12 * H),
+                  actions=[*actions, {"action_id": "a4", "kind": "revoke_credential",
+                                      "state": "approved", "incident_uid": "u4"}])
+    assert r2.traps_remediated == ["outage"] and r2.actions_on_false_positives == 1
+    assert "traps remediated: outage" in format_report(r2)
