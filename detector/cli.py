@@ -529,6 +529,85 @@ def evaluate(labels: str, findings: str, manifest: str | None, as_json: bool) ->
 
 
 @main.group()
+def deliveries() -> None:
+    """The webhook outbox: list and resend undeliverable messages (dead letters).
+
+    Safe while the service runs: the outbox is SQLite in WAL mode, and these commands never
+    touch messages the service has in flight. Resent messages keep their webhook-id, so
+    receivers that already have them drop them.
+    """
+
+
+_config_required = click.option(
+    "-c",
+    "--config",
+    "config_path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The service's config (its delivery.outbox_path names the outbox).",
+)
+
+
+@deliveries.command("list")
+@_config_required
+@click.option("--endpoint", help="Only this endpoint.")
+@click.option("--reason", help="Only dead letters with this reason (e.g. http_400).")
+@click.option("--limit", type=click.IntRange(1, 100_000), default=100, show_default=True)
+@_friendly
+def deliveries_list(
+    config_path: Path, endpoint: str | None, reason: str | None, limit: int
+) -> None:
+    """Counts per state, disabled endpoints, then one JSON line per dead letter."""
+    from detector.config import load_config
+    from detector.delivery import OutboxStore
+
+    store = OutboxStore(load_config(config_path).delivery.outbox_path, recover=False)
+    try:
+        summary = {"counts": store.counts(endpoint), "disabled": store.disabled_endpoints()}
+        click.echo(orjson.dumps(summary).decode())
+        for d in store.list_dead(endpoint=endpoint, reason=reason, limit=limit):
+            click.echo(orjson.dumps(d.to_dict()).decode())
+    finally:
+        store.close()
+
+
+@deliveries.command("replay")
+@_config_required
+@click.option("--id", "ids", type=int, multiple=True, help="Dead letter id (repeatable).")
+@click.option("--all", "all_", is_flag=True, help="Every dead letter (of --endpoint).")
+@click.option("--endpoint", help="Only this endpoint.")
+@click.option(
+    "--enable-endpoint",
+    is_flag=True,
+    help="First re-enable the endpoint (one that answered 410 Gone is disabled).",
+)
+@_friendly
+def deliveries_replay(
+    config_path: Path,
+    ids: tuple[int, ...],
+    all_: bool,
+    endpoint: str | None,
+    enable_endpoint: bool,
+) -> None:
+    """Queue dead letters again, with their original webhook-id and body."""
+    from detector.config import load_config
+    from detector.delivery import OutboxStore
+
+    if not ids and not all_:
+        raise click.UsageError("give --id N (repeatable) or --all")
+    if enable_endpoint and not endpoint:
+        raise click.UsageError("--enable-endpoint needs --endpoint")
+    store = OutboxStore(load_config(config_path).delivery.outbox_path, recover=False)
+    try:
+        if enable_endpoint and endpoint:
+            store.enable_endpoint(endpoint)
+        n = store.replay_dead(list(ids) or None, endpoint=endpoint)
+        click.echo(f"re-queued {n} dead letter(s) with their original webhook-id")
+    finally:
+        store.close()
+
+
+@main.group()
 def models() -> None:
     """List, compare and revert versions of a model directory written by 'detector train'."""
 

@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from detector.decoders import FORMATS
+from detector.delivery.settings import DeliverySettings
 from detector.errors import ConfigError
 from detector.remediation.playbooks import ResponseConfig
 from detector.sources.kafka import KafkaSettings
@@ -209,6 +210,7 @@ class DetectorConfig(Strict):
     detection: DetectionConfig = DetectionConfig()
     service: ServiceConfig = ServiceConfig()
     response: ResponseConfig = ResponseConfig()  # playbooks and rails (dry run by default)
+    delivery: DeliverySettings = DeliverySettings()  # webhooks (durable outbox), Alertmanager
 
     @field_validator("sources")
     @classmethod

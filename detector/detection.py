@@ -44,6 +44,21 @@ class ConsoleFindings:
         return None
 
 
+class RemediationActivities:
+    """Action records -> OCSF Remediation Activity events on a webhook sink."""
+
+    def __init__(self, webhooks: Any) -> None:
+        self.webhooks = webhooks
+
+    async def emit(self, findings: Sequence[Mapping[str, Any]]) -> None:
+        from detector.remediation import to_ocsf
+
+        await self.webhooks.emit_actions([to_ocsf(a) for a in findings])
+
+    async def close(self) -> None:
+        return None  # the webhook sink is closed as a finding sink
+
+
 class DetectionStage:
     """Windows -> scorer -> incidents -> (responder) -> findings and action records.
 
@@ -95,6 +110,11 @@ class DetectionStage:
             for sink in self.action_sinks:
                 await sink.emit(actions)
             self.actions += len(actions)
+
+    @property
+    def failed(self) -> bool:
+        """For readiness: a delivery sink whose workers died."""
+        return any(getattr(s, "healthy", True) is False for s in self.sinks)
 
     async def close(self) -> None:
         for sink in self.sinks + self.action_sinks:
@@ -188,4 +208,14 @@ def from_config(cfg: Any, console: bool) -> DetectionStage:
         from detector.sinks.findings_jsonl import FindingsJsonlSink
 
         action_sinks.append(FindingsJsonlSink(cfg.sinks.actions_jsonl.path))
+    if cfg.delivery.webhooks:
+        from detector.delivery import WebhookSink
+
+        webhooks = WebhookSink.from_settings(cfg.delivery)
+        sinks.append(webhooks)
+        action_sinks.append(RemediationActivities(webhooks))
+    if cfg.delivery.alertmanager is not None:
+        from detector.delivery import AlertmanagerSink
+
+        sinks.append(AlertmanagerSink(cfg.delivery.alertmanager))
     return DetectionStage(scorer, tracker, sinks, responder_for(scorer, cfg.response), action_sinks)

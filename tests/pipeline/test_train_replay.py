@@ -191,3 +191,77 @@ def test_run_with_a_model_emits_findings_and_replay_honours_config(
                                    "detection": {"thresholds": {"per_type": {"lateral": 5}}}}))
     r = cli("check-config", str(bad))
     assert r.returncode == 2 and "unknown finding type" in r.stderr
+
+
+def test_service_delivers_signed_findings_and_actions_and_dead_letters_replay(
+    sim: Path, model: Path, tmp_path: Path
+) -> None:
+    """The whole response path of `detector run`: findings and remediation activities reach a
+    real HTTP receiver, signed (checked by the standardwebhooks library); what the receiver
+    refused becomes dead letters that `detector deliveries replay` sends again."""
+    import base64
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import yaml
+    from standardwebhooks import Webhook
+
+    secret = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+    verifier = Webhook(secret)
+    got: dict[str, dict] = {}
+    refuse = {"on": True}
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            body = self.rfile.read(int(self.headers["content-length"]))
+            if refuse["on"]:
+                self.send_response(400)  # a permanent refusal: dead letter, not retried
+                self.end_headers()
+                return
+            payload = verifier.verify(body, dict(self.headers))  # raises on a bad signature
+            got[self.headers["webhook-id"]] = payload
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        files = sorted((sim / "test").glob("*.gz"))
+        cfg = {
+            "sources": [{"type": "file", "name": f"f{i}", "paths": [str(f)],
+                         "cluster": f.name.split(".")[0]} for i, f in enumerate(files)],
+            "detection": {"model": str(model)},
+            "delivery": {
+                "outbox_path": str(tmp_path / "outbox.db"),
+                "drain_s": 20,
+                "webhooks": [{"name": "soc", "url": f"http://127.0.0.1:{server.server_port}/hook",
+                              "secrets": [secret], "max_attempts": 3, "backoff_base_s": 0.05}],
+            },
+            "sinks": {"console": {"enabled": False}},
+        }
+        path = tmp_path / "svc.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        r = cli("run", "-c", str(path))
+        assert r.returncode == 0, r.stderr
+        listing = cli("deliveries", "list", "-c", str(path)).stdout.splitlines()
+        summary = json.loads(listing[0])
+        dead = [json.loads(x) for x in listing[1:]]
+        assert dead and summary["counts"].get("dead", 0) >= len(dead)
+        assert all(d["reason"] == "http_400" for d in dead)
+        refuse["on"] = False
+        assert cli("deliveries", "replay", "-c", str(path), "--all").returncode == 0
+        # a second run of the service (same input, same outbox) delivers the re-queued rows;
+        # the findings it makes again carry the same webhook-ids and are not queued twice
+        r = cli("run", "-c", str(path))
+        assert r.returncode == 0, r.stderr
+    finally:
+        server.shutdown()
+    kinds = {p.get("class_uid") for p in got.values()}
+    assert kinds == {2004, 7001}, kinds  # detection findings and remediation activities
+    after = json.loads(cli("deliveries", "list", "-c", str(path)).stdout.splitlines()[0])
+    assert after["counts"].get("dead", 0) == 0 and after["counts"].get("pending", 0) == 0
+    assert len(got) == summary["counts"]["dead"] + summary["counts"].get("delivered", 0)
