@@ -11,6 +11,7 @@ open incidents stay open (a restart picks them up from the next checkpoint, not 
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, TextIO
@@ -82,6 +83,7 @@ class DetectionStage:
         self.action_sinks = list(action_sinks)
         self.findings = 0
         self.actions = 0
+        self._pending: set[asyncio.Task[None]] = set()
         self.by_type: dict[str, int] = {}  # anomalies raised, by finding type
 
     async def emit(self, windows: list[EdgeWindow]) -> None:
@@ -110,6 +112,28 @@ class DetectionStage:
             for sink in self.action_sinks:
                 await sink.emit(actions)
             self.actions += len(actions)
+
+    def decide(self, action_id: str, decision: str, now_ts: float) -> dict[str, Any] | None:
+        """An approver's verified decision (the approval endpoint calls this): the updated
+        records (the action and the actions paired with it) go to the action sinks at once."""
+        if self.responder is None:
+            return None
+        rec: dict[str, Any] | None = self.responder.decide(action_id, decision, now_ts)
+        if rec is not None and self.action_sinks:
+            changed = [rec] + [
+                self.responder.actions[p]
+                for p in rec.get("pair", [])
+                if p in self.responder.actions
+            ]
+            task = asyncio.get_running_loop().create_task(self._emit_actions(changed))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        return rec
+
+    async def _emit_actions(self, actions: list[dict[str, Any]]) -> None:
+        for sink in self.action_sinks:
+            await sink.emit(actions)
+        self.actions += len(actions)
 
     @property
     def failed(self) -> bool:

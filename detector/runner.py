@@ -125,14 +125,23 @@ def build_pipeline(cfg: DetectorConfig, sinks: list[WindowSink] | None = None) -
 
 
 async def run_pipeline(
-    pipeline: Pipeline, sources: list[Source], listen: tuple[str, int] | None = None
+    pipeline: Pipeline,
+    sources: list[Source],
+    listen: tuple[str, int] | None = None,
+    approval_secret: str | None = None,
 ) -> PipelineStats:
     loop = asyncio.get_running_loop()
     server = None
     if listen is not None:
         from detector.web import serve
 
-        server = await serve(pipeline, *listen)
+        base = None
+        stage = next((s for s in pipeline.sinks if hasattr(s, "decide")), None)
+        if approval_secret and stage is not None:
+            from detector.remediation import approval_app
+
+            base = approval_app(stage, approval_secret)  # type: ignore[arg-type]
+        server = await serve(pipeline, *listen, base=base)
         log.info("serving /healthz /readyz /metrics on %s:%d", listen[0], server.port)
     installed = []
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -157,7 +166,9 @@ def run_config(cfg: DetectorConfig, **kwargs: Any) -> tuple[Pipeline, PipelineSt
     sources = build_sources(cfg)
     svc = cfg.service
     listen = (svc.listen_host, svc.listen_port) if svc.listen_port is not None else None
-    stats = asyncio.run(run_pipeline(pipeline, sources, listen))
+    r = cfg.response
+    secret = r.approval.secret if r.mode == "approval" else None
+    stats = asyncio.run(run_pipeline(pipeline, sources, listen, secret))
     return pipeline, stats
 
 

@@ -5,6 +5,8 @@ Contract:
 * ``/readyz``: 200 once the pipeline runs, every source has delivered or announced a stream,
   the model (when configured) is loaded and no sink has failed; 503 with the reasons otherwise.
 * ``/metrics``: the pipeline's registry in the Prometheus text format (``instrumentation``).
+* In approval mode the same server answers the signed approve/deny links
+  (``/v1/approvals/{action_id}/{approve|deny}``, see ``remediation.rails``).
 * ``serve(pipeline, host, port)`` starts the endpoints on the running loop and returns a
   ``Server`` whose ``close()`` stops them; it never blocks the pipeline (aiohttp on the same
   loop, handlers do no work beyond reading counters).
@@ -34,7 +36,9 @@ def readiness(pipeline: Pipeline) -> list[str]:
     return reasons
 
 
-def app(pipeline: Pipeline) -> web.Application:
+def app(pipeline: Pipeline, base: web.Application | None = None) -> web.Application:
+    """The endpoints, added to ``base`` when given (the approval callbacks' app)."""
+
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
@@ -50,7 +54,7 @@ def app(pipeline: Pipeline) -> web.Application:
         resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
         return resp
 
-    a = web.Application()
+    a = base if base is not None else web.Application()
     a.router.add_get("/healthz", healthz)
     a.router.add_get("/readyz", readyz)
     a.router.add_get("/metrics", metrics)
@@ -66,8 +70,10 @@ class Server:
         await self.runner.cleanup()
 
 
-async def serve(pipeline: Pipeline, host: str, port: int) -> Server:
-    runner = web.AppRunner(app(pipeline), access_log=None)
+async def serve(
+    pipeline: Pipeline, host: str, port: int, base: web.Application | None = None
+) -> Server:
+    runner = web.AppRunner(app(pipeline, base), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
