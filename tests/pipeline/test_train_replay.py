@@ -212,7 +212,7 @@ def test_service_delivers_signed_findings_and_actions_and_dead_letters_replay(
     refuse = {"on": True}
 
     class Receiver(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers["content-length"]))
             if refuse["on"]:
                 self.send_response(400)  # a permanent refusal: dead letter, not retried
