@@ -29,6 +29,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from detector import __version__
+from detector.findings import SEVERITY_NAMES
 
 PROPOSED: Final = "proposed"
 APPROVED: Final = "approved"
@@ -56,15 +57,6 @@ _COUNTERMEASURES: Final[dict[int, dict[str, Any]]] = {
         "d3f_technique": {"name": "Credential Revoking", "uid": "D3-CR"},
     },
     RESTORE: {"d3f_tactic": {"name": "Restore", "uid": "d3f:Restore"}},
-}
-_SEVERITY_NAMES: Final = {
-    0: "Unknown",
-    1: "Informational",
-    2: "Low",
-    3: "Medium",
-    4: "High",
-    5: "Critical",
-    6: "Fatal",
 }
 
 
@@ -156,7 +148,7 @@ def to_ocsf(rec: Mapping[str, Any]) -> dict[str, Any]:
         "type_name": f"Remediation Activity: {ACTIVITY_NAMES[activity]}",
         "time": _ms(ts),
         "severity_id": sev,
-        "severity": _SEVERITY_NAMES.get(sev, "Unknown"),
+        "severity": SEVERITY_NAMES.get(sev, "Unknown"),
         "command_uid": str(rec["action_id"]),
         "status_id": status_id,
         "status": status,
