@@ -191,6 +191,12 @@ class DetectionConfig(Strict):
     thresholds: ThresholdsConfig = ThresholdsConfig()
     allow: list[AllowRuleConfig] = []
     incidents: IncidentsConfig = IncidentsConfig()
+    # live state (online-learned baselines, open incidents, actions): a restart resumes from it
+    checkpoint_path: str | None = None
+    checkpoint_interval_s: float = Field(300.0, gt=0)  # event time
+    # online-learned baselines written as new model versions into this model directory
+    snapshot_dir: str | None = None
+    snapshot_interval_s: float = Field(86_400.0, gt=0)  # event time
 
 
 class ServiceConfig(Strict):

@@ -12,12 +12,14 @@ open incidents stay open (a restart picks them up from the next checkpoint, not 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, TextIO
 
 from detector.findings import IncidentTracker, finding_summary
 from detector.flows import EdgeWindow
+from detector.instrumentation import Metrics, count_labels, finding_labels
 from detector.scoring import AllowRule, Scorer, Thresholds
 
 
@@ -84,7 +86,18 @@ class DetectionStage:
         self.findings = 0
         self.actions = 0
         self._pending: set[asyncio.Task[None]] = set()
+        self.checkpointer: Any = None  # detector.checkpoint.Checkpointer
+        self.snapshot_dir: str | None = None
+        self.snapshot_interval_s = 86_400.0
+        self.window_s = 60.0  # of the model's windows (snapshots record it)
+        self._last_snapshot_ts: float | None = None
+        self._last_ts: float | None = None
         self.by_type: dict[str, int] = {}  # anomalies raised, by finding type
+        # For metrics (exported by ``export_metrics``): cumulative counts by bounded labels, and
+        # the loaded model's last training event time (``from_config`` sets it).
+        self.finding_counts: dict[tuple[str, str, str, str], int] = {}
+        self.action_counts: dict[tuple[str, str], int] = {}
+        self.model_trained_ts: float | None = None
 
     async def emit(self, windows: list[EdgeWindow]) -> None:
         by_time: dict[float, list[EdgeWindow]] = {}
@@ -108,10 +121,28 @@ class DetectionStage:
             for sink in self.sinks:
                 await sink.emit(out)
             self.findings += len(out)
+            count_labels((finding_labels(f) for f in out), self.finding_counts)
         if actions:
             for sink in self.action_sinks:
                 await sink.emit(actions)
             self.actions += len(actions)
+            count_labels(_action_labels(actions), self.action_counts)
+        if by_time:
+            self._after(max(by_time) + windows[0].window_end - windows[0].window_start)
+
+    def _after(self, event_ts: float) -> None:
+        """Checkpoint and snapshot on their event-time schedules."""
+        self._last_ts = event_ts
+        if self.checkpointer is not None and self.checkpointer.due(event_ts):
+            self.checkpointer.save(self, event_ts)
+        if self.snapshot_dir is not None:
+            if self._last_snapshot_ts is None:
+                self._last_snapshot_ts = event_ts
+            elif event_ts - self._last_snapshot_ts >= self.snapshot_interval_s:
+                from detector.checkpoint import snapshot
+
+                snapshot(self.snapshot_dir, self.scorer, self.window_s, event_ts)
+                self._last_snapshot_ts = event_ts
 
     def decide(self, action_id: str, decision: str, now_ts: float) -> dict[str, Any] | None:
         """An approver's verified decision (the approval endpoint calls this): the updated
@@ -134,6 +165,23 @@ class DetectionStage:
         for sink in self.action_sinks:
             await sink.emit(actions)
         self.actions += len(actions)
+        count_labels(_action_labels(actions), self.action_counts)
+
+    async def export_metrics(self, m: Metrics, wall: float, slow: bool) -> None:
+        """Counts and gauges into ``m`` (the pipeline calls this after closed-window batches;
+        ``slow`` when its periodic refresh is due: outbox counts query the database)."""
+        m.observe_findings(self.finding_counts)
+        m.observe_actions(self.action_counts)
+        if self.model_trained_ts is not None:
+            m.model_age.set(max(0.0, wall - self.model_trained_ts))
+        for sink in self.sinks:
+            stats = getattr(sink, "stats", None)
+            if callable(stats):
+                m.observe_deliveries(stats())
+            outbox = getattr(sink, "outbox", None)
+            if slow and outbox is not None and not getattr(outbox, "closed", True):
+                with contextlib.suppress(Exception):  # metrics never fail the pipeline
+                    m.set_outbox(await outbox.counts())
 
     @property
     def failed(self) -> bool:
@@ -141,8 +189,21 @@ class DetectionStage:
         return any(getattr(s, "healthy", True) is False for s in self.sinks)
 
     async def close(self) -> None:
+        if self.checkpointer is not None and self._last_ts is not None:
+            self.checkpointer.save(self, self._last_ts)  # shutdown: nothing learned is lost
         for sink in self.sinks + self.action_sinks:
             await sink.close()
+
+
+
+def _action_labels(actions: Sequence[Mapping[str, Any]]) -> Iterable[tuple[str, str]]:
+    return ((str(a.get("kind", "unknown")), str(a.get("state", "unknown"))) for a in actions)
+
+
+def _trained_ts(art: Any) -> float | None:
+    """The artifact's last training event time (manifest ``training.last_event_ts``)."""
+    ts = (art.manifest.get("training") or {}).get("last_event_ts")
+    return float(ts) if isinstance(ts, int | float) else None
 
 
 def _attach(findings: list[dict[str, Any]], actions: list[dict[str, Any]]) -> None:
@@ -219,7 +280,21 @@ def from_config(cfg: Any, console: bool) -> DetectionStage:
     """The stage for a ``DetectorConfig`` whose ``detection.model`` is set."""
     from detector import artifacts
 
-    scorer, tracker = scorer_and_tracker(artifacts.load(cfg.detection.model), cfg.detection)
+    d = cfg.detection
+    art = artifacts.load(d.model)
+    scorer, tracker = scorer_and_tracker(art, d)
+    ckpt = None
+    state = None
+    if d.checkpoint_path:
+        from detector.checkpoint import Checkpointer
+
+        ckpt = Checkpointer(d.checkpoint_path, d.checkpoint_interval_s, art.version)
+        state = ckpt.load()
+        if state is not None:  # resume: what was learned online since the model was written
+            restored = Scorer.from_state(state["scorer"])
+            scorer.models, scorer.calibrators = restored.models, restored.calibrators
+            scorer.first_ts, scorer.last_ts = restored.first_ts, restored.last_ts
+            tracker.set_state(state["tracker"])
     sinks: list[FindingSink] = []
     if console:
         sinks.append(ConsoleFindings())
@@ -242,4 +317,13 @@ def from_config(cfg: Any, console: bool) -> DetectionStage:
         from detector.delivery import AlertmanagerSink
 
         sinks.append(AlertmanagerSink(cfg.delivery.alertmanager))
-    return DetectionStage(scorer, tracker, sinks, responder_for(scorer, cfg.response), action_sinks)
+    responder = responder_for(scorer, cfg.response)
+    if state is not None and state.get("responder") is not None:
+        responder.set_state(state["responder"])
+    stage = DetectionStage(scorer, tracker, sinks, responder, action_sinks)
+    stage.checkpointer = ckpt
+    stage.snapshot_dir = d.snapshot_dir
+    stage.snapshot_interval_s = d.snapshot_interval_s
+    stage.window_s = float(art.manifest.get("window_s", 60.0))
+    stage.model_trained_ts = _trained_ts(art)
+    return stage

@@ -265,3 +265,43 @@ def test_service_delivers_signed_findings_and_actions_and_dead_letters_replay(
     after = json.loads(cli("deliveries", "list", "-c", str(path)).stdout.splitlines()[0])
     assert after["counts"].get("dead", 0) == 0 and after["counts"].get("pending", 0) == 0
     assert len(got) == summary["counts"]["dead"] + summary["counts"].get("delivered", 0)
+
+
+def test_checkpoint_resumes_online_learning_and_snapshots_versions(
+    sim: Path, model: Path, tmp_path: Path
+) -> None:
+    from detector import artifacts
+    from detector.config import parse_config
+    from detector.detection import from_config
+    from detector.runner import run_config
+
+    files = sorted((sim / "test").glob("*.gz"))
+    ckpt = tmp_path / "state" / "checkpoint.json.gz"
+    snaps = tmp_path / "snapshots"
+    cfg = parse_config({
+        "sources": [{"type": "file", "name": f"f{i}", "paths": [str(f)],
+                     "cluster": f.name.split(".")[0]} for i, f in enumerate(files)],
+        "detection": {"model": str(model), "checkpoint_path": str(ckpt),
+                      "checkpoint_interval_s": 600, "snapshot_dir": str(snaps),
+                      "snapshot_interval_s": 3600},
+        "sinks": {"console": {"enabled": False}},
+    })
+    base_windows = artifacts.load(model).state["models"]["seasonal"]["state"]["n_h"]
+    run_config(cfg)
+    assert ckpt.exists()
+    # a restart resumes from the checkpoint: the baselines learned online are there at once
+    stage = from_config(cfg, console=False)
+    seasonal = next(m for m in stage.scorer.models if m.name == "seasonal")
+    assert seasonal.n_h_.sum() > sum(base_windows) + 200  # ~5 h of test windows learned
+    assert stage.checkpointer.last_saved_ts is not None
+    # snapshots are model versions like any other
+    versions = artifacts.versions(snaps)
+    assert len(versions) >= 3
+    snap = artifacts.load(snaps)
+    assert snap.manifest["training"]["online_snapshot"] is True
+    # a checkpoint grown from another model version is not used
+    other = cfg.model_copy(update={"detection": cfg.detection.model_copy(
+        update={"model": str(snaps)})})
+    fresh = from_config(other, console=False)
+    fresh_seasonal = next(m for m in fresh.scorer.models if m.name == "seasonal")
+    assert fresh_seasonal.n_h_.sum() == sum(snap.state["models"]["seasonal"]["state"]["n_h"])
