@@ -204,6 +204,9 @@ class ServiceConfig(Strict):
 
     listen_host: str = "0.0.0.0"
     listen_port: int | None = Field(None, ge=0, le=65535)  # none: no endpoints (CLI use)
+    # traces of our own work (a span per window scored, per delivery), OTLP/HTTP, e.g.
+    # http://otel-collector.observability:4318/v1/traces; none: tracing off (no-op, free)
+    otlp_traces_endpoint: str | None = None
 
 
 class DetectorConfig(Strict):

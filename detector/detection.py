@@ -21,6 +21,7 @@ from detector.findings import IncidentTracker, finding_summary
 from detector.flows import EdgeWindow
 from detector.instrumentation import Metrics, count_labels, finding_labels
 from detector.scoring import AllowRule, Scorer, Thresholds
+from detector.tracing import tracer
 
 
 class FindingSink(Protocol):
@@ -105,18 +106,18 @@ class DetectionStage:
             by_time.setdefault(w.window_start, []).append(w)
         out: list[dict[str, Any]] = []
         actions: list[dict[str, Any]] = []
+        tr = tracer()
         for t in sorted(by_time):
             batch = by_time[t]
             now = batch[0].window_end
-            anomalies = self.scorer.process(batch)
-            for a in anomalies:
-                self.by_type[a.finding_type] = self.by_type.get(a.finding_type, 0) + 1
-            found = self.tracker.observe(anomalies, now) + self.tracker.tick(now)
-            if self.responder is not None:
-                acts = self.responder.on_findings(found, now) + self.responder.tick(now)
-                _attach(found, acts)
-                actions += acts
+            with tr.start_as_current_span("detector.score_window") as span:
+                found, acts = self._score(batch, now)
+                span.set_attribute("detector.window_start", t)
+                span.set_attribute("detector.edge_windows", len(batch))
+                span.set_attribute("detector.findings", len(found))
+                span.set_attribute("detector.actions", len(acts))
             out += found
+            actions += acts
         if out:
             for sink in self.sinks:
                 await sink.emit(out)
@@ -129,6 +130,20 @@ class DetectionStage:
             count_labels(_action_labels(actions), self.action_counts)
         if by_time:
             self._after(max(by_time) + windows[0].window_end - windows[0].window_start)
+
+    def _score(
+        self, batch: list[EdgeWindow], now: float
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """One window time: anomalies -> incidents' findings -> (actions)."""
+        anomalies = self.scorer.process(batch)
+        for a in anomalies:
+            self.by_type[a.finding_type] = self.by_type.get(a.finding_type, 0) + 1
+        found = self.tracker.observe(anomalies, now) + self.tracker.tick(now)
+        acts: list[dict[str, Any]] = []
+        if self.responder is not None:
+            acts = self.responder.on_findings(found, now) + self.responder.tick(now)
+            _attach(found, acts)
+        return found, acts
 
     def _after(self, event_ts: float) -> None:
         """Checkpoint and snapshot on their event-time schedules."""
@@ -193,7 +208,6 @@ class DetectionStage:
             self.checkpointer.save(self, self._last_ts)  # shutdown: nothing learned is lost
         for sink in self.sinks + self.action_sinks:
             await sink.close()
-
 
 
 def _action_labels(actions: Sequence[Mapping[str, Any]]) -> Iterable[tuple[str, str]]:

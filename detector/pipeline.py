@@ -94,6 +94,9 @@ class PipelineStats:
 
 _END = object()
 COMMIT_INTERVAL_S = 5.0
+# Gauges that need a look outside the core (consumer lag, outbox counts, blind clusters) are
+# refreshed at most this often (wall seconds), and counters after every closed-window batch.
+METRICS_INTERVAL_S = 1.0
 
 
 class Pipeline:
@@ -129,6 +132,7 @@ class Pipeline:
         self._joins_seen: dict[str, int] = {}
         self.ready = False
         self._last_commit = time.monotonic()
+        self._metrics_at = -math.inf  # monotonic time of the last periodic metrics refresh
 
     # -- public ------------------------------------------------------------------------------
 
@@ -407,10 +411,40 @@ class Pipeline:
         m.open_edges.set(agg.open_edges)
         if agg.watermark > -math.inf:
             m.watermark.set(agg.watermark)
+        await self._export_metrics(windows)
         # Positions move when windows close; otherwise a slow periodic commit covers batches
         # that were entirely late or bad.
         if windows or time.monotonic() - self._last_commit >= COMMIT_INTERVAL_S:
             await self._commit()
+
+    async def _export_metrics(self, windows: list[EdgeWindow]) -> None:
+        """Metrics beyond the core's own: clusters seen in ``windows``, then (after a batch, or
+        every ``METRICS_INTERVAL_S``) blind clusters, consumer lag and what sinks export."""
+        m = self.metrics
+        wall = time.time()
+        if windows:
+            newest: dict[str, float] = {}
+            for w in windows:
+                for c in (w.src_cluster, w.dst_cluster):
+                    if w.last_seen > newest.get(c, -math.inf):
+                        newest[c] = w.last_seen
+            m.observe_clusters(newest, wall)
+        mono = time.monotonic()
+        slow = mono - self._metrics_at >= METRICS_INTERVAL_S
+        if not (windows or slow):
+            return
+        if slow:
+            self._metrics_at = mono
+            m.update_blind(wall, self.settings.window_s + self.settings.allowed_lateness_s)
+            for src in {id(s): s for s in self._stream_source.values()}.values():
+                lag = getattr(src, "lag", None)
+                if callable(lag):
+                    with contextlib.suppress(Exception):  # metrics never stop the pipeline
+                        m.set_consumer_lag(lag())
+        for sink in self.sinks:
+            export = getattr(sink, "export_metrics", None)
+            if export is not None:
+                await export(m, wall, slow)
 
     async def _commit(self) -> None:
         positions = self.aggregator.positions()

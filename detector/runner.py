@@ -162,6 +162,10 @@ async def run_pipeline(
 
 
 def run_config(cfg: DetectorConfig, **kwargs: Any) -> tuple[Pipeline, PipelineStats]:
+    if cfg.service.otlp_traces_endpoint:
+        from detector.tracing import configure
+
+        configure(cfg.service.otlp_traces_endpoint)
     pipeline = build_pipeline(cfg, **kwargs)
     sources = build_sources(cfg)
     svc = cfg.service

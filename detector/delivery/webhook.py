@@ -59,6 +59,7 @@ from detector.delivery.retry import (
 from detector.delivery.settings import DeliverySettings, WebhookEndpointSettings
 from detector.delivery.signing import message_id, ordering_key, sign_headers
 from detector.errors import InfrastructureError
+from detector.tracing import tracer
 
 log = logging.getLogger(__name__)
 
@@ -330,19 +331,24 @@ class WebhookSink:
             headers = sign_headers(ep.keys, row.message_id, row.body)
             headers["content-type"] = row.content_type
             assert self._session is not None
-            try:
-                async with self._session.post(
-                    s.url,
-                    data=row.body,
-                    headers=headers,
-                    allow_redirects=False,
-                    timeout=aiohttp.ClientTimeout(total=s.timeout_s),
-                ) as resp:
-                    status = resp.status
-                    retry_after = resp.headers.get("Retry-After")
-                    await resp.read()
-            except Exception as e:  # connection, timeout, protocol: all worth a retry
-                return self._retry(ep, row, f"{type(e).__name__}: {e}"[:300], None, 0)
+            with tracer().start_as_current_span("detector.deliver") as span:
+                span.set_attribute("detector.endpoint", s.name)
+                span.set_attribute("detector.kind", row.kind)
+                try:
+                    async with self._session.post(
+                        s.url,
+                        data=row.body,
+                        headers=headers,
+                        allow_redirects=False,
+                        timeout=aiohttp.ClientTimeout(total=s.timeout_s),
+                    ) as resp:
+                        status = resp.status
+                        retry_after = resp.headers.get("Retry-After")
+                        await resp.read()
+                except Exception as e:  # connection, timeout, protocol: all worth a retry
+                    span.set_attribute("detector.outcome", "error")
+                    return self._retry(ep, row, f"{type(e).__name__}: {e}"[:300], None, 0)
+                span.set_attribute("http.response.status_code", status)
         outcome = classify(status)
         if outcome is Outcome.DELIVERED:
             ep.breaker.record_success()
