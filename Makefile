@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint typecheck unit bench eval nab clean help
+.PHONY: run test system-deps lint typecheck unit bench eval nab clean help
 
 help:
 	@echo "make run | test | lint | typecheck | unit | bench | eval | nab | clean"
@@ -34,7 +34,15 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy detector
 
-test: lint typecheck
+# Debian's prometheus package gives the real `prometheus` and `promtool` the tests run.
+system-deps:
+	@if ! command -v promtool >/dev/null 2>&1 || ! command -v prometheus >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends prometheus; \
+	fi
+
+test: system-deps lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: $(STAMP)
