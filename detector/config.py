@@ -275,6 +275,18 @@ def parse_config(data: Any, origin: str = "config") -> DetectorConfig:
         raise ConfigError(f"{origin}: {_one_line(e)}") from None
 
 
+def _substitute_values(node: Any) -> Any:
+    """``${env:...}`` in string values only: a reference in a YAML comment is left alone, and
+    a secret with YAML-special characters cannot change the document's structure."""
+    if isinstance(node, str):
+        return _substitute(node)
+    if isinstance(node, dict):
+        return {k: _substitute_values(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute_values(v) for v in node]
+    return node
+
+
 def load_config(path: str | Path) -> DetectorConfig:
     p = Path(path)
     try:
@@ -282,7 +294,7 @@ def load_config(path: str | Path) -> DetectorConfig:
     except OSError as e:
         raise ConfigError(f"cannot read config {p}: {e.strerror or e}") from None
     try:
-        data = yaml.safe_load(_substitute(text))
+        data = _substitute_values(yaml.safe_load(text))
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -87,3 +87,34 @@ def test_kafka_source_rejects_typos_and_passes_security_options() -> None:
 def test_default_config_is_the_embedded_demo() -> None:
     cfg = default_config()
     assert [s.type for s in cfg.sources] == ["simulate"]
+
+
+def test_env_references_in_comments_are_ignored_and_values_stay_strings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DET_TEST_ODD", "a: b # not yaml structure")
+    cfg = load_config(write(tmp_path, """
+# secrets come from the environment: ${env:SOME_UNSET_NAME}
+sources: [{type: file, paths: ["${env:DET_TEST_ODD}"]}]
+"""))
+    assert cfg.sources[0].paths == ["a: b # not yaml structure"]
+
+
+def test_every_shipped_pipeline_and_readme_example_is_a_valid_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("DETECTOR_APPROVAL_SECRET", "x" * 32)
+    monkeypatch.setenv("SOC_WEBHOOK_SECRET", "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
+    pipelines = sorted((root / "pipelines").glob("*.yaml"))
+    assert len(pipelines) >= 4
+    for p in pipelines:
+        load_config(p)
+    readme = (root / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    assert len(blocks) >= 3
+    for block in blocks:
+        text = block if "sources:" in block else "sources: [{type: stdin}]\n" + block
+        load_config(write(tmp_path, text))
