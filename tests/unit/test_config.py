@@ -107,6 +107,7 @@ def test_every_shipped_pipeline_and_readme_example_is_a_valid_config(
 
     root = Path(__file__).resolve().parents[2]
     monkeypatch.setenv("DETECTOR_APPROVAL_SECRET", "x" * 32)
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", "kafka.example:9092")
     monkeypatch.setenv("SOC_WEBHOOK_SECRET", "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
     pipelines = sorted((root / "pipelines").glob("*.yaml"))
     assert len(pipelines) >= 4
