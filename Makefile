@@ -48,9 +48,13 @@ test: system-deps lint typecheck
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit tests/property $(PYTEST_ARGS)
 
+# Throughput beside a bare baseline in the same run (figures, never pass/fail): decode and
+# aggregate from files (also with 100,000 distinct edges), the Kafka path, the webhook outbox.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_file.py
+	$(BIN)/python benchmarks/bench_file.py --edges 100000 --formats envoy_json --modes core,run
 	$(BIN)/python benchmarks/bench_kafka.py
+	$(BIN)/python benchmarks/bench_outbox.py
 
 # The labelled evaluation: simulate 48 h of training and 12 h of test traffic with attacks and
 # traps, train, replay, and score the findings per scenario (about 10 minutes on 2 cores).
