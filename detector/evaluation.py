@@ -217,10 +217,13 @@ def evaluate(
                 fps.append(_fp_summary(f))
             elif matched and not any(r.kind == "attack" and uid in r.incidents for r in results):
                 fps.append(_fp_summary(f))  # matched only traps: still a false alarm
-    # traps: first_detection is meaningless; an incident matching them is a failure
+    # traps: first_detection is meaningless; an incident matching them is a failure, unless
+    # it is an attack's (scenarios can overlap in time, and a "*" trap matches everything)
+    attack_incidents = {u for r in results if r.kind == "attack" for u in r.incidents}
     for r in results:
         if r.kind == "trap":
             r.first_detection = None
+            r.incidents -= attack_incidents
     fp_uids = {str(fp["uid"]) for fp in fps}
     on_fp = 0
     for a in actions:

@@ -255,6 +255,9 @@ class Scorer:
 
     def _score_raw(self, batch: WindowBatch) -> list[Anomaly]:
         raw: list[Anomaly] = []
+        seasonal = next((m for m in self.models if isinstance(m, SeasonalModel)), None)
+        if seasonal is not None:
+            batch.traffic_scale = seasonal.traffic_scale(batch)
         for m in self.models:
             try:
                 raw.extend(m.score(batch))

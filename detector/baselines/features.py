@@ -63,6 +63,9 @@ class WindowBatch:
     window_start: float
     window_s: float
     _cache: dict[str, object] = field(default_factory=dict, repr=False)
+    # observed/expected mesh-wide traffic when most edges moved together (else 1): set by the
+    # scorer before the models run, so every model can discount what more traffic explains
+    traffic_scale: float = 1.0
 
     @classmethod
     def of(cls, windows: Sequence[EdgeWindow]) -> WindowBatch:

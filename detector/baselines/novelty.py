@@ -158,7 +158,16 @@ class NoveltyModel:
                 for w in new:
                     recent[f"{w.dst_service}.{w.dst_namespace}@{w.dst_cluster}"] = ws0
                 out.append(
-                    self._new_edges(principal, cluster, new, called_clusters, ws0, we0, recent)
+                    self._new_edges(
+                        principal,
+                        cluster,
+                        new,
+                        called_clusters,
+                        ws0,
+                        we0,
+                        recent,
+                        batch.traffic_scale,
+                    )
                 )
         return out
 
@@ -209,9 +218,11 @@ class NoveltyModel:
         start: float,
         end: float,
         recent: dict[str, float],
+        batch_scale: float = 1.0,
     ) -> Anomaly:
         k = max(len(new), len(recent))  # new destinations in this window and the last minutes
-        p = self.p_new_edge ** min(k, 3)
+        # a rarely used edge is likelier to show up when the whole mesh carries more traffic
+        p = min(1.0, self.p_new_edge * max(1.0, batch_scale)) ** min(k, 3)
         cross = [
             w for w in new if w.dst_cluster != cluster and w.dst_cluster not in called_clusters
         ]

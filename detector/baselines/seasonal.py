@@ -225,6 +225,16 @@ class SeasonalModel:
             alpha = e.alpha[f] = min(max(raw, self.min_dispersion), 10.0)
         return mu, alpha
 
+    def _shifted(self, g: float, moving: int, known: int) -> bool:
+        return (g >= self.global_ratio or g <= 1 / self.global_ratio) and (
+            moving >= self.global_share * known
+        )
+
+    def traffic_scale(self, batch: WindowBatch) -> float:
+        """The mesh-wide traffic ratio when most edges moved together, else 1."""
+        g, moving, known = self.global_factor(batch)
+        return g if self._shifted(g, moving, known) else 1.0
+
     def global_factor(self, batch: WindowBatch) -> tuple[float, int, int]:
         """(observed/expected requests over known edges, edges moving with it, known edges)."""
         h = batch.hour
@@ -254,9 +264,7 @@ class SeasonalModel:
         start, end = batch.window_start, batch.window_end
         self._horizon = batch.window_s * self.accumulate_windows
         g, moving, known = self.global_factor(batch)
-        shifted = (g >= self.global_ratio or g <= 1 / self.global_ratio) and (
-            moving >= self.global_share * known
-        )
+        shifted = self._shifted(g, moving, known)
         scale = g if shifted else 1.0
         if shifted:
             out.append(

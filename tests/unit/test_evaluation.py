@@ -95,3 +95,18 @@ def test_remediation_per_scenario_and_on_traps() -> None:
                                       "state": "approved", "incident_uid": "u4"}])
     assert r2.traps_remediated == ["outage"] and r2.actions_on_false_positives == 1
     assert "traps remediated: outage" in format_report(r2)
+
+
+def test_an_attack_incident_is_not_held_against_an_overlapping_trap() -> None:
+    labels = [
+        {"scenario": "global_surge", "kind": "trap", "start_ts": 0.0, "end_ts": 200.0,
+         "principals": [], "services": ["*"]},
+        {"scenario": "lateral_movement", "kind": "attack", "start_ts": 150.0, "end_ts": 400.0,
+         "principals": ["spiffe://td/ns/a/sa/x@eu"], "services": []},
+    ]
+    f = finding(210, "u1", "lateral_movement", src_principal="spiffe://td/ns/a/sa/x", src_cluster="eu")
+    r = evaluate(labels, [f], (0, H),
+                 actions=[{"action_id": "a", "kind": "tighten_policy", "state": "proposed",
+                           "incident_uid": "u1"}])
+    assert r.traps_flagged == [] and r.traps_remediated == []
+    assert r.attacks[0].detected
