@@ -83,7 +83,7 @@ def run(config_path: Path | None, quiet: bool) -> None:
     """
     import logging
 
-    from detector.config import default_config, load_config
+    from detector.config import load_config
     from detector.runner import print_summary, run_config
 
     # one line per event of the service itself (never per record), to stderr
@@ -91,7 +91,10 @@ def run(config_path: Path | None, quiet: bool) -> None:
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
 
-    cfg = load_config(config_path) if config_path else default_config()
+    if config_path is None:
+        _run_demo(quiet)
+        return
+    cfg = load_config(config_path)
     if quiet:
         cfg = cfg.model_copy(
             update={
@@ -100,14 +103,42 @@ def run(config_path: Path | None, quiet: bool) -> None:
                 )
             }
         )
-    if config_path is None:
-        click.echo(
-            "detector: no config given: running the embedded demo (simulated traffic of three "
-            "clusters, one hour of event time at 300x). Use -c CONFIG for real input.",
-            err=True,
-        )
     pipeline, stats = run_config(cfg)
     print_summary(pipeline, stats)
+
+
+def _run_demo(quiet: bool) -> None:
+    """The embedded demo: train on simulated traffic, then score a live simulated hour."""
+    import tempfile
+
+    from detector.demo import prepare
+    from detector.runner import print_summary, run_config
+
+    click.echo(
+        "detector: no config given: running the embedded demo. Training a model on 3 hours of "
+        "simulated traffic of three clusters (a few seconds)...",
+        err=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="detector-demo-") as tmp:
+        cfg = prepare(Path(tmp) / "model")
+        if quiet:
+            cfg = cfg.model_copy(
+                update={
+                    "sinks": cfg.sinks.model_copy(
+                        update={"console": cfg.sinks.console.model_copy(update={"enabled": False})}
+                    )
+                }
+            )
+        click.echo(
+            "detector: now the last hour of event time at 300x, with attacks (lateral movement, "
+            "a replayed credential, exfiltration, credential stuffing, probing, Kubernetes API "
+            "abuse, a slow ramp) and traps (a global surge, a rollout, an outage) injected. "
+            "FINDING lines are OCSF findings; actions are proposed in dry run. Use -c CONFIG "
+            "for real input.",
+            err=True,
+        )
+        pipeline, stats = run_config(cfg)
+        print_summary(pipeline, stats)
 
 
 @main.command("check-config")

@@ -200,6 +200,28 @@ def train(
     scorer = Scorer(thresholds=thresholds)
     collector = _WindowCollector(lambda ws: scorer.train(ws, split))
     _, stats = _run(paths, settings, collector, "train", cluster_from_filename)
+    vdir = finish_training(
+        scorer,
+        stats,
+        out_dir,
+        settings.window_s,
+        split,
+        calibration_share,
+        inputs=[str(p) for p in paths],
+    )
+    return TrainResult(vdir, stats, scorer, (lo, hi), split)
+
+
+def finish_training(
+    scorer: Scorer,
+    stats: PipelineStats,
+    out_dir: str | Path,
+    window_s: float,
+    split: float,
+    calibration_share: float,
+    inputs: list[str],
+) -> Path:
+    """Fit the offline parts and write the artifact, with its training span and metrics."""
     scorer.finish_training()
     metrics = {
         "records": stats.records,
@@ -213,14 +235,13 @@ def train(
         "windows_not_learned": scorer.stats.learned_skipped,
     }
     training = {
-        "inputs": [str(p) for p in paths],
+        "inputs": inputs,
         "first_event_ts": scorer.first_ts,
         "last_event_ts": scorer.last_ts,
         "calibration_from_ts": split,
         "calibration_share": calibration_share,
     }
-    vdir = artifacts.save(out_dir, scorer, settings.window_s, training, metrics)
-    return TrainResult(vdir, stats, scorer, (lo, hi), split)
+    return artifacts.save(out_dir, scorer, window_s, training, metrics)
 
 
 @dataclass

@@ -91,3 +91,14 @@ def test_service_endpoints_and_graceful_sigterm(tmp_path: Path) -> None:
     # the open window was flushed on the way out: nothing counted is lost
     out = [json.loads(x) for x in windows.read_text().splitlines()]
     assert sum(w["requests"] for w in out) == 15
+
+
+def test_embedded_demo_trains_and_shows_findings() -> None:
+    """`detector run` with no config: what a newcomer sees first (README, `make run`)."""
+    r = subprocess.run([sys.executable, "-m", "detector.cli", "run"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    findings = [x for x in r.stdout.splitlines() if x.startswith("FINDING ")]
+    assert any("Lateral movement" in x for x in findings), r.stdout[-2000:]
+    assert any("Mesh-wide traffic change" in x for x in findings)  # the surge trap: context
+    assert " edges " in r.stdout and "bad 0" in r.stderr
