@@ -236,7 +236,18 @@ class SeasonalModel:
         return g if self._shifted(g, moving, known) else 1.0
 
     def global_factor(self, batch: WindowBatch) -> tuple[float, int, int]:
-        """(observed/expected requests over known edges, edges moving with it, known edges)."""
+        """(observed/expected requests over known edges, edges moving with it, known edges).
+
+        Computed once per batch: the scorer asks for it before the models run (to set
+        ``traffic_scale``) and ``score`` asks again."""
+        cached = batch._cache.get("global_factor")
+        if cached is not None:
+            return cached  # type: ignore[return-value]
+        result = self._global_factor(batch)
+        batch._cache["global_factor"] = result
+        return result
+
+    def _global_factor(self, batch: WindowBatch) -> tuple[float, int, int]:
         h = batch.hour
         obs = exp = 0.0
         ratios = []

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.http_helpers import get, wait_for
+
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "detector-dashboard.json"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yaml"
@@ -56,24 +58,8 @@ LINE = ('{"start_time":"%s","method":"GET","path":"/api/v1/items/%d",'
         '"downstream_peer_uri_san":"spiffe://cluster.local/ns/web/sa/frontend"}\n')
 
 
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return 0, ""
 
 
-def wait_for(cond, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
 
 
 def free_port() -> int:

@@ -12,11 +12,11 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import yaml
+
+from tests.http_helpers import get, wait_for
 
 LINE = ('{"start_time":"2026-01-05T10:00:%02d.000Z","method":"GET","path":"/api/v1/items/%d",'
         '"protocol":"HTTP/1.1","response_code":200,"response_flags":"-","bytes_received":10,'
@@ -26,22 +26,8 @@ LINE = ('{"start_time":"2026-01-05T10:00:%02d.000Z","method":"GET","path":"/api/
         '"downstream_peer_uri_san":"spiffe://cluster.local/ns/web/sa/frontend"}\n')
 
 
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
-def wait_for(cond, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError("condition not met in time")
 
 
 def test_service_endpoints_and_graceful_sigterm(tmp_path: Path) -> None:
