@@ -19,12 +19,20 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from detector.decoders import FORMATS
 from detector.delivery.settings import DeliverySettings
 from detector.errors import ConfigError
 from detector.remediation.playbooks import ResponseConfig
+from detector.repartition import ScaleOutSettings
 from detector.sources.kafka import KafkaSettings
 
 
@@ -220,6 +228,17 @@ class DetectorConfig(Strict):
     service: ServiceConfig = ServiceConfig()
     response: ResponseConfig = ResponseConfig()  # playbooks and rails (dry run by default)
     delivery: DeliverySettings = DeliverySettings()  # webhooks (durable outbox), Alertmanager
+    # Replicas sharing the input through an internal topic (``detector.repartition``); the
+    # broker and its security settings are those of the first Kafka source.
+    scale_out: ScaleOutSettings | None = None
+
+    @model_validator(mode="after")
+    def _scale_out_needs_kafka(self) -> DetectorConfig:
+        if self.scale_out is not None and not any(
+            isinstance(s, KafkaSourceConfig) for s in self.sources
+        ):
+            raise ValueError("scale_out needs a kafka source (its broker carries the shared topic)")
+        return self
 
     @field_validator("sources")
     @classmethod

@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TextIO
 
+from detector.anomalies import Subject
 from detector.findings import IncidentTracker, finding_summary
 from detector.flows import EdgeWindow
 from detector.instrumentation import Metrics, count_labels, finding_labels
@@ -202,6 +203,17 @@ class DetectionStage:
     def failed(self) -> bool:
         """For readiness: a delivery sink whose workers died."""
         return any(getattr(s, "healthy", True) is False for s in self.sinks)
+
+    # -- state handover between replicas (``detector.repartition``) ----------------------------
+
+    def export_incidents(self, belongs: Callable[[Subject], bool]) -> list[dict[str, Any]]:
+        return self.tracker.export_incidents(belongs)
+
+    def release_incidents(self, belongs: Callable[[Subject], bool]) -> int:
+        return self.tracker.release_incidents(belongs)
+
+    def adopt_incidents(self, incidents: Iterable[Mapping[str, Any]]) -> int:
+        return self.tracker.adopt_incidents(incidents)
 
     async def close(self) -> None:
         if self.checkpointer is not None and self._last_ts is not None:

@@ -39,7 +39,7 @@ import ipaddress
 import math
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
@@ -535,6 +535,29 @@ class IncidentTracker:
         incidents = [Incident.from_dict(d) for d in state["incidents"]]
         self._open = {inc.key: inc for inc in incidents}
         self.stats.update({k: int(v) for k, v in state.get("stats", {}).items()})
+
+    def export_incidents(self, belongs: Callable[[Subject], bool]) -> list[dict[str, Any]]:
+        """The open incidents whose subject ``belongs`` (state handover between replicas)."""
+        return [inc.to_dict() for inc in self._open.values() if belongs(inc.subject)]
+
+    def release_incidents(self, belongs: Callable[[Subject], bool]) -> int:
+        """Forget (without closing) the open incidents whose subject ``belongs``: another
+        replica carries them on."""
+        gone = [k for k, inc in self._open.items() if belongs(inc.subject)]
+        for k in gone:
+            del self._open[k]
+        return len(gone)
+
+    def adopt_incidents(self, incidents: Iterable[Mapping[str, Any]]) -> int:
+        """Carry on incidents another replica opened (same uid, same sequence); an incident
+        already open here is kept as it is."""
+        n = 0
+        for d in incidents:
+            inc = Incident.from_dict(d)
+            if inc.key not in self._open:
+                self._open[inc.key] = inc
+                n += 1
+        return n
 
     # -- internals -----------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -355,6 +355,11 @@ class WindowAggregator:
         return max(min(active) - self.allowed_lateness_s, self._final_watermark)
 
     @property
+    def closed_before(self) -> float:
+        """Windows starting before this are closed (emitted): a record for one is late."""
+        return self._closed_before
+
+    @property
     def newest_event_ts(self) -> float:
         return max(self._stream_max_ts.values(), default=-math.inf)
 
@@ -387,6 +392,29 @@ class WindowAggregator:
         self._stream_next.pop(stream, None)
         for offs in self._window_offsets.values():
             offs.pop(stream, None)
+
+    def note_event_time(self, stream: str, ts: float) -> None:
+        """``stream`` has reached event time ``ts`` without aggregating here (a stage that only
+        forwards records still needs a watermark, e.g. for span-join expiry)."""
+        if ts > self._stream_max_ts.get(stream, -math.inf):
+            self._stream_max_ts[stream] = ts
+        self._stream_idle.discard(stream)
+
+    def drop_edges(self, belongs: Callable[[EdgeKey], bool]) -> int:
+        """Forget the open windows and last-seen times of every edge for which ``belongs(key)``
+        holds, without emitting them (their state moved to another replica, which rebuilds
+        those windows from its committed offsets). Returns the edge-windows dropped."""
+        dropped = 0
+        for edges in self._windows.values():
+            gone = [k for k in edges if belongs(k)]
+            for k in gone:
+                del edges[k]
+            dropped += len(gone)
+        self._open_edges -= dropped
+        table = self._edge_last_seen
+        for k in [k for k in table if belongs(k)]:
+            del table[k]
+        return dropped
 
     # -- ingest ------------------------------------------------------------------------------
 

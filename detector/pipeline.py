@@ -180,7 +180,7 @@ class Pipeline:
                 self._stream_source[batch.stream] = src
                 self.process_batch(batch)
                 self.metrics.queue_depth.set(queue.qsize())
-                await self._emit(self.aggregator.close_ready())
+                await self._after_batch()
             # End of input (or stop): everything still open is as complete as it will get.
             await self._emit(self._drain_all())
             await self._commit()
@@ -255,29 +255,9 @@ class Pipeline:
         """Decode, resolve, join and aggregate one batch (the whole synchronous core)."""
         agg = self.aggregator
         stream = batch.stream
-        self._stream_wall[stream] = time.monotonic()
-        if not batch.units:
-            if batch.end:
-                agg.end_stream(stream)
-            else:
-                agg.register_stream(stream)
+        records = self.prepare_batch(batch)
+        if records is None:
             return
-        records = self.decode_batch(batch, resolve=False)
-        if records and (self.joiner is not None or _has_spans(records)):
-            # join before resolution: a half's missing cluster must not read "unknown" yet
-            records = self._join(records)
-        fill = self.resolver.resolve
-        static = batch.static
-        # ``resolve`` returns a record naming both clusters and the namespace unchanged: skip
-        # the call for those (enriched mesh logs, the common case).
-        records = [
-            r
-            if r.src_cluster is not None
-            and r.dst_cluster is not None
-            and r.dst_namespace is not None
-            else fill(r, static)
-            for r in records
-        ]
         # Offsets are tracked per batch window: a record's exact position matters only for the
         # window it fed, and the batch's first offset is a safe lower bound for every record.
         if records:
@@ -288,6 +268,39 @@ class Pipeline:
             agg.end_stream(stream)
         if self.on_progress is not None:
             self.on_progress(batch)
+
+    def prepare_batch(self, batch: Batch) -> list[FlowRecord] | None:
+        """Decode, join and resolve one batch; None for a control batch (no units), which only
+        registers or ends its stream."""
+        agg = self.aggregator
+        stream = batch.stream
+        self._stream_wall[stream] = time.monotonic()
+        if not batch.units:
+            if batch.end:
+                agg.end_stream(stream)
+            else:
+                agg.register_stream(stream)
+            return None
+        records = self.decode_batch(batch, resolve=False)
+        if records and (self.joiner is not None or _has_spans(records)):
+            # join before resolution: a half's missing cluster must not read "unknown" yet
+            records = self._join(records)
+        fill = self.resolver.resolve
+        static = batch.static
+        # ``resolve`` returns a record naming both clusters and the namespace unchanged: skip
+        # the call for those (enriched mesh logs, the common case).
+        return [
+            r
+            if r.src_cluster is not None
+            and r.dst_cluster is not None
+            and r.dst_namespace is not None
+            else fill(r, static)
+            for r in records
+        ]
+
+    async def _after_batch(self) -> None:
+        """After each batch: emit the windows the watermark closed (and commit past them)."""
+        await self._emit(self.aggregator.close_ready())
 
     # -- helpers -----------------------------------------------------------------------------
 

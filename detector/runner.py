@@ -14,7 +14,8 @@ import contextlib
 import logging
 import signal
 import sys
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from detector.config import (
     DetectorConfig,
@@ -26,6 +27,10 @@ from detector.config import (
 from detector.deadletters import DeadLetters
 from detector.pipeline import Pipeline, PipelineStats, WindowSink, settings_from_config
 from detector.sources import Source, StaticAttrs
+from detector.sources.kafka import KafkaTopic
+
+if TYPE_CHECKING:
+    from detector.repartition import EdgeOwnerPipeline, Repartitioner
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +171,143 @@ def run_config(cfg: DetectorConfig, **kwargs: Any) -> tuple[Pipeline, PipelineSt
         from detector.tracing import configure
 
         configure(cfg.service.otlp_traces_endpoint)
-    pipeline = build_pipeline(cfg, **kwargs)
-    sources = build_sources(cfg)
     svc = cfg.service
     listen = (svc.listen_host, svc.listen_port) if svc.listen_port is not None else None
     r = cfg.response
     secret = r.approval.secret if r.mode == "approval" else None
+    if cfg.scale_out is not None:
+        replica = build_replica(cfg, **kwargs)
+        stats = asyncio.run(run_replica(replica, listen, secret))
+        return replica.owner, stats
+    pipeline = build_pipeline(cfg, **kwargs)
+    sources = build_sources(cfg)
     stats = asyncio.run(run_pipeline(pipeline, sources, listen, secret))
     return pipeline, stats
+
+
+# ---------------------------------------------------------------------------------------------
+# Scale-out: one replica = ingest stage + edge-owner stage (``detector.repartition``)
+
+
+@dataclass
+class Replica:
+    ingest: Repartitioner
+    ingest_sources: list[Source]
+    owner: EdgeOwnerPipeline
+    owner_sources: list[Source]
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def stop(self) -> None:
+        """Graceful stop (what SIGTERM does): ``run_replica`` returns once both stages end."""
+        self.stopping.set()
+
+
+def build_replica(cfg: DetectorConfig, sinks: list[WindowSink] | None = None) -> Replica:
+    from detector.decoders.internal import FORMAT
+    from detector.handover import HandoverLog
+    from detector.instrumentation import Metrics
+    from detector.repartition import EdgeOwnerPipeline, Repartitioner
+    from detector.sources.kafka import KafkaSettings, KafkaSource
+
+    scale = cfg.scale_out
+    assert scale is not None
+    kafka_cfg = next(s for s in cfg.sources if isinstance(s, KafkaSourceConfig))
+    kafka = KafkaSettings(**{k: getattr(kafka_cfg, k) for k in KafkaSettings.model_fields})
+    metrics = Metrics()
+    dl = cfg.dead_letters
+    settings = settings_from_config(cfg)
+    ingest = Repartitioner(
+        settings,
+        dead_letters=DeadLetters(dl.path, dl.max_records, dl.max_file_bytes, dl.keep_bytes),
+        metrics=metrics,
+        scale=scale,
+        kafka=kafka,
+    )
+    owner_src = KafkaSource(
+        kafka.model_copy(
+            update={
+                "topics": [KafkaTopic(name=scale.topic, format=FORMAT)],
+                "group_id": scale.group_id,
+                # The internal topic is ours: a new group reads all of it (nothing is skipped).
+                "auto_offset_reset": "earliest",
+            }
+        ),
+        name="scale-out",
+    )
+    if sinks is None:
+        sinks = build_sinks(cfg)
+        if cfg.detection.model:
+            from detector.detection import from_config
+
+            sinks.append(from_config(cfg, console=cfg.sinks.console.enabled))
+    owner = EdgeOwnerPipeline(
+        settings,
+        sinks=sinks,
+        metrics=metrics,
+        partitions=lambda: ingest.partitions,
+        handover=HandoverLog(kafka, scale.state_topic_name, scale.replication_factor),
+    )
+    return Replica(ingest, build_sources(cfg), owner, [owner_src])
+
+
+async def run_replica(
+    replica: Replica,
+    listen: tuple[str, int] | None = None,
+    approval_secret: str | None = None,
+) -> PipelineStats:
+    """Run both stages until signalled; on SIGTERM the ingest stage stops first (sends what it
+    decoded, commits), then the edge owner (commits past its closed windows)."""
+    loop = asyncio.get_running_loop()
+    ingest, owner = replica.ingest, replica.owner
+    stopping = replica.stopping
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stopping.set)
+            installed.append(sig)
+    server = None
+    if listen is not None:
+        from detector.web import serve
+
+        base = None
+        stage = next((s for s in owner.sinks if hasattr(s, "decide")), None)
+        if approval_secret and stage is not None:
+            from detector.remediation import approval_app
+
+            base = approval_app(stage, approval_secret)  # type: ignore[arg-type]
+        server = await serve(owner, *listen, base=base)
+    await ingest.start()  # the internal topic exists before the edge owner subscribes to it
+    ingest_task = asyncio.create_task(ingest.run(replica.ingest_sources))
+    owner_task = asyncio.create_task(owner.run(replica.owner_sources))
+    stop_task = asyncio.create_task(stopping.wait())
+    try:
+        # Whichever ends first: a signal, or a stage failing (infrastructure: exit, restart).
+        done, _ = await asyncio.wait(
+            {ingest_task, owner_task, stop_task}, return_when=asyncio.FIRST_COMPLETED
+        )
+        for t in done & {ingest_task, owner_task}:
+            t.result()  # raises what stopped it
+        if ingest_task not in done or stop_task in done:
+            ingest.stop()
+            await ingest_task
+        owner.stop()
+        return await owner_task
+    finally:
+        stop_task.cancel()
+        for t in (ingest_task, owner_task):
+            if not t.done():
+                t.cancel()
+                with contextlib.suppress(BaseException):
+                    await t
+        if server is not None:
+            await server.close()
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        for sink in owner.sinks:
+            with contextlib.suppress(Exception):
+                await sink.close()
+        ingest.dead_letters.close()
+        owner.dead_letters.close()
 
 
 def print_summary(p: Pipeline, stats: PipelineStats, out: Any = None) -> None:

@@ -41,6 +41,8 @@ _REGISTRY: Final[dict[str, str]] = {
     "otlp_proto_traces": "detector.decoders.otlp:decode_proto_traces",
     "otlp_json": "detector.decoders.otlp:decode_json",
     "auto": "detector.decoders.sniff:decode",
+    # internal: records already decoded and resolved, re-keyed between replicas (scale-out)
+    "detector_flow": "detector.decoders.internal:decode",
 }
 
 FORMATS: Final = tuple(_REGISTRY)

@@ -22,7 +22,8 @@ Contract (on top of the ``Source`` contract in ``detector.sources``):
   replays from the last successful commit); any other broker error raises ``InfrastructureError``.
 * Rebalances: ``on_revoked(cb)`` / ``on_assigned(cb)`` register callbacks, called with the list
   of stream names, from aiokafka's ``ConsumerRebalanceListener``; a callback may be sync or async
-  and is awaited before the group rebalance proceeds. During ``on_revoked`` callbacks the revoked
+  and is awaited before the group rebalance proceeds; no data is delivered while an
+  ``on_assigned`` callback runs. During ``on_revoked`` callbacks the revoked
   partitions still count as owned, so a pipeline can flush their windows and ``commit`` there;
   after them, commits for those streams are dropped. Callback errors are logged, not raised.
 * Startup: if the broker cannot be reached (or the group joined) within ``connect_timeout_s``,
@@ -206,6 +207,8 @@ class KafkaSource:
         self._control: deque[Batch] = deque()  # announcements / end markers from rebalances
         self._revoked_cbs: list[StreamCallback] = []
         self._assigned_cbs: list[StreamCallback] = []
+        self._callbacks_idle = asyncio.Event()  # no on_assigned callback is running
+        self._callbacks_idle.set()
 
     # -- hooks -------------------------------------------------------------------------------
 
@@ -246,6 +249,8 @@ class KafkaSource:
                     break
                 except KafkaError as e:
                     raise InfrastructureError(f"kafka source {self.name}: {_describe(e)}") from e
+                if not self._callbacks_idle.is_set():
+                    await self._callbacks_idle.wait()
                 # Announce partitions assigned during that poll before their first data.
                 while control:
                     yield control.popleft()
@@ -352,10 +357,9 @@ class KafkaSource:
 
     def _consumer_kwargs(self) -> dict[str, Any]:
         s = self.settings
-        kw: dict[str, Any] = dict(
-            bootstrap_servers=s.bootstrap_servers,
+        kw = client_kwargs(s, f"source {self.name}")
+        kw.update(
             group_id=s.group_id,
-            client_id=s.client_id,
             enable_auto_commit=False,  # offsets move only past acknowledged windows
             auto_offset_reset=s.auto_offset_reset,
             isolation_level=s.isolation_level,
@@ -366,35 +370,7 @@ class KafkaSource:
             session_timeout_ms=s.session_timeout_ms,
             heartbeat_interval_ms=s.heartbeat_interval_ms,
             max_poll_interval_ms=s.max_poll_interval_ms,
-            request_timeout_ms=s.request_timeout_ms,
-            security_protocol=s.security_protocol,
         )
-        if s.sasl_mechanism is not None:
-            kw["sasl_mechanism"] = s.sasl_mechanism
-            if s.sasl_mechanism == "OAUTHBEARER":
-                assert s.sasl_oauth_token_file is not None
-                kw["sasl_oauth_token_provider"] = _TokenFile(s.sasl_oauth_token_file)
-            else:
-                kw["sasl_plain_username"] = s.sasl_plain_username
-                kw["sasl_plain_password"] = (
-                    s.sasl_plain_password.get_secret_value() if s.sasl_plain_password else None
-                )
-        if s.security_protocol in ("SSL", "SASL_SSL"):
-            from aiokafka.helpers import create_ssl_context
-
-            try:
-                ctx = create_ssl_context(
-                    cafile=s.ssl_cafile,
-                    certfile=s.ssl_certfile,
-                    keyfile=s.ssl_keyfile,
-                    password=s.ssl_key_password.get_secret_value() if s.ssl_key_password else None,
-                )
-            except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
-                raise InfrastructureError(
-                    f"kafka source {self.name}: cannot load TLS files: {e}"
-                ) from None
-            ctx.check_hostname = s.ssl_check_hostname
-            kw["ssl_context"] = ctx
         return kw
 
     async def _start(self) -> AIOKafkaConsumer | None:
@@ -475,7 +451,13 @@ class KafkaSource:
             self._control.append(Batch(stream, topic.format, [], [], static))
             streams.append(stream)
         if streams:
-            await self._call(self._assigned_cbs, streams, "on_assigned")
+            # Data of the new partitions waits until the callbacks are done (they may restore
+            # state the first records must meet, e.g. a previous owner's horizon).
+            self._callbacks_idle.clear()
+            try:
+                await self._call(self._assigned_cbs, streams, "on_assigned")
+            finally:
+                self._callbacks_idle.set()
 
     async def _call(self, callbacks: list[StreamCallback], streams: list[str], what: str) -> None:
         for cb in callbacks:
@@ -494,6 +476,42 @@ class KafkaSource:
         if consumer is not None:
             with contextlib.suppress(Exception):
                 await consumer.stop()
+
+
+def client_kwargs(s: KafkaSettings, name: str = "kafka") -> dict[str, Any]:
+    """The aiokafka keyword arguments every client of these settings shares (consumer,
+    producer, admin): servers, client id, timeouts, SASL and TLS."""
+    kw: dict[str, Any] = dict(
+        bootstrap_servers=s.bootstrap_servers,
+        client_id=s.client_id,
+        request_timeout_ms=s.request_timeout_ms,
+        security_protocol=s.security_protocol,
+    )
+    if s.sasl_mechanism is not None:
+        kw["sasl_mechanism"] = s.sasl_mechanism
+        if s.sasl_mechanism == "OAUTHBEARER":
+            assert s.sasl_oauth_token_file is not None
+            kw["sasl_oauth_token_provider"] = _TokenFile(s.sasl_oauth_token_file)
+        else:
+            kw["sasl_plain_username"] = s.sasl_plain_username
+            kw["sasl_plain_password"] = (
+                s.sasl_plain_password.get_secret_value() if s.sasl_plain_password else None
+            )
+    if s.security_protocol in ("SSL", "SASL_SSL"):
+        from aiokafka.helpers import create_ssl_context
+
+        try:
+            ctx = create_ssl_context(
+                cafile=s.ssl_cafile,
+                certfile=s.ssl_certfile,
+                keyfile=s.ssl_keyfile,
+                password=s.ssl_key_password.get_secret_value() if s.ssl_key_password else None,
+            )
+        except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+            raise InfrastructureError(f"kafka {name}: cannot load TLS files: {e}") from None
+        ctx.check_hostname = s.ssl_check_hostname
+        kw["ssl_context"] = ctx
+    return kw
 
 
 def _describe(e: BaseException) -> str:

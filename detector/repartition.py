@@ -1,0 +1,523 @@
+"""Scale-out: records re-keyed by caller identity through an internal Kafka topic.
+
+Several replicas of the detector share one input in a Kafka consumer group. Each replica runs
+two stages (the Kafka Streams repartition idea):
+
+1. **Ingest** (``Repartitioner``): consumes its share of the input topics, decodes, joins spans
+   and resolves identities and clusters exactly as the single-process pipeline does, then sends
+   every record to the internal topic (``ScaleOutSettings.topic``) in the partition of its
+   caller identity (``principal@cluster``). Records of one batch bound for one partition travel
+   together in one message (``encode_records``): per-message overhead stays off the hot path.
+   Input offsets are committed only after the broker acknowledged every message sent for the
+   units before them (at-least-once; never past unsent data).
+2. **Edge owner** (``EdgeOwnerPipeline``): consumes its share of the internal topic in a second
+   consumer group (``ScaleOutSettings.group_id``) and aggregates and scores as usual. Every edge,
+   and every fan-out, burst and incident of one caller identity, lives on exactly one replica:
+   the owner of the identity's partition.
+
+Contract:
+* ``partition_of(identity_key(principal, cluster), n)`` is stable across processes and
+  releases (CRC-32), and the same for a ``FlowRecord`` (``record_identity``) as for the
+  ``EdgeKey`` of the window it feeds (``edge_identity``).
+* The internal topic's format is ``detector_flow`` (``detector.decoders.internal``).
+* State handover on rebalance: an edge owner losing partitions commits past its closed windows,
+  then drops (does not emit) the open windows of the identities of those partitions; the new
+  owner rebuilds them from the committed offsets, and the internal topic is the changelog. Open
+  incidents move through the compacted state topic (``detector.handover``). On shutdown the edge
+  owner does not flush open windows either (a rolling restart must not split windows): the next
+  owner, or this replica after restart, rebuilds them.
+* Span joining in the ingest stage pairs the halves of a trace that reach the same replica;
+  partition traces by trace id upstream (the OpenTelemetry Collector's Kafka exporter
+  ``partition_traces_by_id``) so both halves do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from detector.anomalies import Subject
+from detector.decoders.internal import encode_records
+from detector.errors import InfrastructureError
+from detector.flows import ANONYMOUS, EdgeKey
+from detector.handover import HandoverLog
+from detector.pipeline import Pipeline, PipelineStats
+from detector.records import UNKNOWN, FlowRecord
+from detector.sources import Batch, Source
+from detector.sources.kafka import KafkaSettings, client_kwargs
+
+log = logging.getLogger(__name__)
+
+ORIGIN_PREFIX = "origin:"  # watermark streams of the edge owner named after input partitions
+
+
+class ScaleOutSettings(BaseModel):
+    """``scale_out:`` in the config: the internal topic replicas share the work through."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    topic: str = Field("mesh-detector-flows", min_length=1)
+    # Created with this many partitions when missing; an existing topic keeps its own count.
+    # More partitions than replicas lets the group rebalance evenly as replicas come and go.
+    partitions: int = Field(12, gt=0)
+    replication_factor: int = Field(1, gt=0)
+    group_id: str = Field("mesh-detector-edges", min_length=1)  # the edge owners' group
+    state_topic: str | None = None  # incident handover; default "<topic>-state"
+    max_records_per_message: int = Field(1000, gt=0)
+    linger_ms: int = Field(5, ge=0)
+    commit_interval_s: float = Field(1.0, gt=0)  # ingest commits at most this often
+
+    @property
+    def state_topic_name(self) -> str:
+        return self.state_topic or f"{self.topic}-state"
+
+
+# ---------------------------------------------------------------------------------------------
+# Keys and partitions
+
+
+def identity_key(principal: str, cluster: str) -> bytes:
+    return f"{principal}@{cluster}".encode()
+
+
+def partition_of(key: bytes, partitions: int) -> int:
+    # CRC-32 is stable across processes (str hash() is salted) and costs well under a microsecond.
+    return zlib.crc32(key) % partitions
+
+
+def record_identity(r: FlowRecord) -> bytes:
+    """The caller identity a record's window is keyed by (as ``WindowAggregator`` keys it)."""
+    principal = r.src_principal or (
+        f"{r.src_namespace}/{r.src_workload}" if r.src_workload else ANONYMOUS
+    )
+    return identity_key(principal, r.src_cluster or UNKNOWN)
+
+
+def edge_identity(key: EdgeKey) -> bytes:
+    return identity_key(key[0], key[1])
+
+
+def subject_partition(subject: Subject, partitions: int) -> int | None:
+    """The partition of an incident's subject; None for a mesh-wide one (every replica keeps
+    its own)."""
+    if subject.principal is None and subject.src_ip is None:
+        return None
+    key = identity_key(subject.principal or ANONYMOUS, subject.src_cluster or UNKNOWN)
+    return partition_of(key, partitions)
+
+
+def stream_partition(stream: str) -> int | None:
+    """The partition number of a Kafka stream name ``topic[p]``."""
+    if stream.endswith("]") and "[" in stream:
+        try:
+            return int(stream[stream.rindex("[") + 1 : -1])
+        except ValueError:
+            return None
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 1: ingest -> internal topic
+
+
+class Repartitioner(Pipeline):
+    """Decode -> join -> resolve, then forward to the internal topic; see the module docstring."""
+
+    def __init__(
+        self,
+        *args: Any,
+        scale: ScaleOutSettings,
+        kafka: KafkaSettings,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.scale = scale
+        self.kafka = kafka
+        self.forwarded = 0  # records sent
+        self.messages = 0  # messages sent
+        self._producer: Any = None
+        self._partitions = 0
+        self._pending: dict[int, list[FlowRecord]] = {}
+        self._inflight: list[asyncio.Future[Any]] = []
+
+    @property
+    def partitions(self) -> int:
+        """Partitions of the internal topic (0 until the producer has read its metadata)."""
+        return self._partitions
+
+    async def start(self) -> None:
+        """Create the internal topic if needed and connect the producer (idempotent). Call it
+        before the edge owner subscribes: a broker that auto-creates topics on a consumer's
+        metadata request would otherwise create it with its default partition count."""
+        if self._producer is None:
+            await self._start_producer()
+
+    async def run(self, sources: Sequence[Source]) -> PipelineStats:
+        await self.start()
+        try:
+            return await super().run(sources)
+        finally:
+            producer, self._producer = self._producer, None
+            if producer is not None:
+                await producer.stop()
+
+    def process_batch(self, batch: Batch) -> None:
+        records = self.prepare_batch(batch)
+        if records is None:
+            return
+        stream = batch.stream
+        n = self._partitions
+        pending = self._pending
+        newest = -math.inf
+        cache: dict[tuple[str | None, ...], int] = {}
+        for r in records:
+            ck = (r.src_principal, r.src_cluster, r.src_namespace, r.src_workload)
+            p = cache.get(ck)
+            if p is None:
+                p = cache[ck] = partition_of(record_identity(r), n)
+            bucket = pending.get(p)
+            if bucket is None:
+                pending[p] = [r]
+            else:
+                bucket.append(r)
+            if r.ts > newest:
+                newest = r.ts
+        agg = self.aggregator
+        if newest > -math.inf:
+            agg.note_event_time(stream, newest)  # the span joiner's clock
+        agg.note_offset(stream, batch.offsets[-1])
+        self.stats.records += len(records)
+        if batch.end:
+            agg.end_stream(stream)
+        if self.on_progress is not None:
+            self.on_progress(batch)
+
+    async def _after_batch(self) -> None:
+        await self._send_pending()
+        if len(self._inflight) > 10_000:
+            await self._await_acks()
+        if time.monotonic() - self._last_commit >= self.scale.commit_interval_s:
+            await self._commit()  # after the acks: never past unsent records
+        await self._emit([])  # metrics
+
+    def _drain_all(self) -> list[Any]:
+        if self.joiner is not None:
+            from detector.sources import StaticAttrs
+
+            rest = self.joiner.expire(math.inf)
+            fill = self.resolver.resolve
+            static = StaticAttrs()
+            for r in rest:
+                r = fill(r, static)
+                self._pending.setdefault(
+                    partition_of(record_identity(r), self._partitions), []
+                ).append(r)
+        return []
+
+    async def _commit(self) -> None:
+        await self._send_pending()
+        await self._await_acks()
+        await super()._commit()
+
+    async def _on_revoked(self, streams: Sequence[str]) -> None:
+        await self._send_pending()
+        await self._await_acks()
+        await super()._on_revoked(streams)
+
+    # -- producer ----------------------------------------------------------------------------
+
+    async def _start_producer(self) -> None:
+        from aiokafka import AIOKafkaProducer
+        from aiokafka.errors import KafkaError
+
+        s = self.scale
+        await ensure_topic(self.kafka, s.topic, s.partitions, s.replication_factor)
+        producer = AIOKafkaProducer(
+            **client_kwargs(self.kafka, "scale-out producer"),
+            acks="all",
+            linger_ms=s.linger_ms,
+            max_batch_size=1024 * 1024,
+            max_request_size=16 * 1024 * 1024,
+        )
+        try:
+            await asyncio.wait_for(producer.start(), timeout=self.kafka.connect_timeout_s)
+            parts = await producer.partitions_for(s.topic)
+        except (TimeoutError, KafkaError, OSError) as e:
+            await producer.stop()
+            servers = ",".join(self.kafka.bootstrap_servers)
+            raise InfrastructureError(
+                f"scale-out: cannot produce to {s.topic} at {servers}: {type(e).__name__} {e}"
+            ) from None
+        if not parts:
+            await producer.stop()
+            raise InfrastructureError(f"scale-out: topic {s.topic} has no partitions")
+        self._partitions = len(parts)
+        if self._partitions != s.partitions:
+            log.warning(
+                "scale-out topic %s has %d partitions (config says %d); using %d",
+                s.topic,
+                self._partitions,
+                s.partitions,
+                self._partitions,
+            )
+        self._producer = producer
+
+    async def _send_pending(self) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        producer = self._producer
+        if producer is None:
+            raise InfrastructureError("scale-out producer is not running")
+        topic = self.scale.topic
+        step = self.scale.max_records_per_message
+        from aiokafka.errors import KafkaError
+
+        try:
+            for p, recs in pending.items():
+                for chunk in _chunks(recs, step):
+                    fut = await producer.send(topic, encode_records(chunk), partition=p)
+                    self._inflight.append(fut)
+                    self.forwarded += len(chunk)
+                    self.messages += 1
+        except KafkaError as e:
+            raise InfrastructureError(f"scale-out: send to {topic} failed: {e!r}") from None
+
+    async def _await_acks(self) -> None:
+        if not self._inflight:
+            return
+        inflight, self._inflight = self._inflight, []
+        from aiokafka.errors import KafkaError
+
+        try:
+            await asyncio.gather(*inflight)
+        except KafkaError as e:
+            raise InfrastructureError(
+                f"scale-out: broker did not acknowledge records for {self.scale.topic}: {e!r}"
+            ) from None
+
+
+def _chunks(records: list[FlowRecord], step: int) -> list[list[FlowRecord]]:
+    """``records`` in runs of about ``step``, cut only where the input offset changes: the
+    records of one unit stay in one message (the edge owner's duplicate check relies on it)."""
+    if len(records) <= step:
+        return [records]
+    out = []
+    start = 0
+    n = len(records)
+    while start < n:
+        end = min(start + step, n)
+        while end < n and records[end].offset == records[end - 1].offset:
+            end += 1
+        out.append(records[start:end])
+        start = end
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage 2: internal topic -> windows -> detection
+
+
+class EdgeOwnerPipeline(Pipeline):
+    """The usual aggregation and scoring over the internal topic, handing state over on
+    rebalance; see the module docstring."""
+
+    def __init__(
+        self,
+        *args: Any,
+        partitions: Callable[[], int],
+        handover: HandoverLog | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._partition_count = partitions  # known once the topic's metadata is read
+        self.handover = handover
+        self.dropped_on_revoke = 0
+        self.replayed_skipped = 0  # records of windows the previous owner already emitted
+        self.incidents_adopted = 0
+        # per internal stream: windows starting before this were emitted by a previous owner
+        self._horizon: dict[str, float] = {}
+        self._owned: set[str] = set()
+        self.duplicates_dropped = 0
+        # per internal stream, per input partition: the highest offset taken
+        self._hw: dict[str, dict[str | None, int]] = {}
+
+    def process_batch(self, batch: Batch) -> None:
+        records = self.prepare_batch(batch)
+        if records is None:
+            return
+        stream = batch.stream
+        records = self._dedupe(stream, records)
+        horizon = self._horizon.get(stream)
+        if horizon is not None:
+            kept = [r for r in records if r.ts >= horizon]
+            self.replayed_skipped += len(records) - len(kept)
+            records = kept
+        # The watermark follows the input partitions the records came from (``source``), as in
+        # one process: an internal partition mixes records of several ingest replicas, and one
+        # of them may lag (catching up after a restart) without its records turning late.
+        newest: dict[str | None, float] = {}
+        for r in records:
+            if r.ts > newest.get(r.source, -math.inf):
+                newest[r.source] = r.ts
+        agg = self.aggregator
+        now = time.monotonic()
+        wall = self._stream_wall
+        for origin, ts in newest.items():
+            if origin is not None:
+                name = ORIGIN_PREFIX + origin
+                agg.note_event_time(name, ts)
+                wall[name] = now  # idles out like any stream when that input goes quiet
+        if records:
+            agg.add_batch(stream, records, batch.offsets[0])
+        agg.note_offset(stream, batch.offsets[-1])
+        self.stats.records += len(records)
+        if batch.end:
+            agg.end_stream(stream)
+        if self.on_progress is not None:
+            self.on_progress(batch)
+
+    def _dedupe(self, stream: str, records: list[FlowRecord]) -> list[FlowRecord]:
+        """Drop records an ingest replica sent again after taking over an input partition from
+        the committed offset. Within one internal partition the records of one input partition
+        arrive in offset order; going back means "sent again". Several records of one unit
+        (OTLP) share its offset; a unit never spans two messages (``_chunks``), so an equal
+        offset is kept only right after a record of the same unit in this batch."""
+        hw = self._hw.setdefault(stream, {})
+        prev: dict[str | None, int] = {}
+        out: list[FlowRecord] = []
+        dropped = 0
+        for r in records:
+            off = r.offset
+            if off is None:
+                out.append(r)
+                continue
+            origin = r.source
+            top = hw.get(origin, -1)
+            if off > top or (off == top and prev.get(origin) == off):
+                hw[origin] = off
+                out.append(r)
+            else:
+                dropped += 1
+            prev[origin] = off
+        if dropped:
+            self.duplicates_dropped += dropped
+        return out
+
+    async def run(self, sources: Sequence[Source]) -> PipelineStats:
+        for src in sources:
+            hook = getattr(src, "on_assigned", None)
+            if hook is not None:
+                hook(self._on_assigned)
+        try:
+            return await super().run(sources)
+        finally:
+            if self.handover is not None:
+                await self.handover.stop()
+
+    async def _on_assigned(self, streams: Sequence[str]) -> None:
+        """Take over partitions: the previous owner's horizon and open incidents."""
+        if self.handover is None:
+            self._owned.update(streams)
+            return
+        by_part = {p: s for s in streams if (p := stream_partition(s)) is not None}
+        states = await self.handover.read(by_part)
+        adopt = [getattr(s, "adopt_incidents", None) for s in self.sinks]
+        for p, state in states.items():
+            closed = state.get("closed_before")
+            if isinstance(closed, int | float):
+                self._horizon[by_part[p]] = float(closed)
+            incidents = state.get("incidents") or []
+            for fn in adopt:
+                if fn is not None and incidents:
+                    self.incidents_adopted += fn(incidents)
+        self._owned.update(streams)  # only now: our own commits must not publish state first
+
+    async def _commit(self) -> None:
+        # State first, then offsets: the state is never older than the committed position.
+        n = self._partition_count()
+        if self.handover is not None and self._owned and n > 0:
+            closed = self.aggregator.closed_before
+            states: dict[int, dict[str, Any]] = {}
+            for stream in self._owned:
+                p = stream_partition(stream)
+                if p is None:
+                    continue
+                horizon = max(closed, self._horizon.get(stream, -math.inf))
+                states[p] = {
+                    "closed_before": horizon if horizon > -math.inf else None,
+                    "incidents": [],
+                }
+            owned = set(states)
+            for sink in self.sinks:
+                export = getattr(sink, "export_incidents", None)
+                if export is None:
+                    continue
+                for d in export(lambda subj: subject_partition(subj, n) in owned):
+                    p = subject_partition(Subject(**d["subject"]), n)
+                    if p in states:
+                        states[p]["incidents"].append(d)
+            await self.handover.publish(states)
+        await super()._commit()
+
+    async def _on_revoked(self, streams: Sequence[str]) -> None:
+        # Commit past what is closed while we still own the partitions, then forget the open
+        # windows of their identities: the next owner rebuilds them from that commit.
+        await super()._on_revoked(streams)
+        self._owned.difference_update(streams)
+        for stream in streams:
+            self._hw.pop(stream, None)
+        revoked = {p for p in map(stream_partition, streams) if p is not None}
+        n = self._partition_count()
+        if not revoked or n <= 0:
+            return
+        self.dropped_on_revoke += self.aggregator.drop_edges(
+            lambda k: partition_of(edge_identity(k), n) in revoked
+        )
+        for sink in self.sinks:
+            release = getattr(sink, "release_incidents", None)
+            if release is not None:
+                release(lambda subj: subject_partition(subj, n) in revoked)
+
+    def _drain_all(self) -> list[Any]:
+        # Never flush open windows on stop: the next owner (or this replica after a restart)
+        # rebuilds them from the committed offsets, so a rolling restart never splits a window.
+        return []
+
+
+async def ensure_topic(
+    kafka: KafkaSettings,
+    topic: str,
+    partitions: int,
+    replication_factor: int,
+    configs: dict[str, str] | None = None,
+) -> None:
+    """Create ``topic`` unless it exists (several replicas may race to create it)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(**client_kwargs(kafka, "scale-out admin"))
+    try:
+        await asyncio.wait_for(admin.start(), timeout=kafka.connect_timeout_s)
+        existing = await admin.list_topics()
+        if topic in existing:
+            return
+        with contextlib.suppress(TopicAlreadyExistsError):  # another replica was first
+            await admin.create_topics(
+                [NewTopic(topic, partitions, replication_factor, topic_configs=configs or {})]
+            )
+    except (TimeoutError, KafkaError, OSError) as e:
+        raise InfrastructureError(
+            f"scale-out: cannot create topic {topic} at {','.join(kafka.bootstrap_servers)}: "
+            f"{type(e).__name__} {e}".rstrip()
+        ) from None
+    finally:
+        await admin.close()
