@@ -1,4 +1,4 @@
-"""Structured decoders (Hubble, k8s audit, OTLP) on arbitrary input.
+"""Structured decoders (Hubble, k8s audit, OTLP, the internal scale-out format) on arbitrary input.
 
 They must never raise anything but ``DecodeError``/``PartialDecode``, and what they return must
 be valid records.
@@ -12,12 +12,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from detector.decoders.hubble import decode as hubble
+from detector.decoders.internal import decode as internal
 from detector.decoders.k8s_audit import decode as k8s_audit
 from detector.decoders.otlp import decode_json, decode_proto, decode_proto_logs, decode_proto_traces
 from detector.errors import DecodeError, PartialDecode
 from detector.records import KINDS, OUTCOMES
 
-DECODERS = [hubble, k8s_audit, decode_json, decode_proto, decode_proto_logs, decode_proto_traces]
+DECODERS = [
+    hubble,
+    k8s_audit,
+    decode_json,
+    decode_proto,
+    decode_proto_logs,
+    decode_proto_traces,
+    internal,
+]
 
 _json = st.recursive(
     st.none()
