@@ -24,6 +24,8 @@ from detector.instrumentation import Metrics, count_labels, finding_labels
 from detector.scoring import AllowRule, Scorer, Thresholds
 from detector.tracing import tracer
 
+GLOBAL_SHIFT = "global_shift"  # the finding type of a mesh-wide change (``scoring``)
+
 
 class FindingSink(Protocol):
     async def emit(self, findings: Sequence[Mapping[str, Any]]) -> None: ...
@@ -82,6 +84,7 @@ class DetectionStage:
     ):
         self.scorer = scorer
         self.tracker = tracker
+        self.mesh_wide = True  # report mesh-wide shifts (see ``repartition``)
         self.sinks = list(sinks)
         self.responder = responder
         self.action_sinks = list(action_sinks)
@@ -137,6 +140,10 @@ class DetectionStage:
     ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """One window time: anomalies -> incidents' findings -> (actions)."""
         anomalies = self.scorer.process(batch)
+        if not self.mesh_wide:
+            # Scale-out: one replica (the owner of the first internal partition) reports
+            # mesh-wide shifts, from its share of the edges; the others would repeat it.
+            anomalies = [a for a in anomalies if a.finding_type != GLOBAL_SHIFT]
         for a in anomalies:
             self.by_type[a.finding_type] = self.by_type.get(a.finding_type, 0) + 1
         found = self.tracker.observe(anomalies, now) + self.tracker.tick(now)

@@ -400,6 +400,14 @@ class WindowAggregator:
             self._stream_max_ts[stream] = ts
         self._stream_idle.discard(stream)
 
+    def stream_clocks(self) -> dict[str, tuple[float | None, bool]]:
+        """Per stream holding (or able to hold) the watermark: its newest event time (None
+        before its first record) and whether it is idle."""
+        idle = self._stream_idle
+        return {
+            s: (ts if ts > -math.inf else None, s in idle) for s, ts in self._stream_max_ts.items()
+        }
+
     def drop_edges(self, belongs: Callable[[EdgeKey], bool]) -> int:
         """Forget the open windows and last-seen times of every edge for which ``belongs(key)``
         holds, without emitting them (their state moved to another replica, which rebuilds

@@ -40,12 +40,13 @@ import math
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from detector.anomalies import Subject
-from detector.decoders.internal import encode_records
+from detector.decoders.internal import decode_clocks, encode_clocks, encode_records
 from detector.errors import InfrastructureError
 from detector.flows import ANONYMOUS, EdgeKey
 from detector.handover import HandoverLog
@@ -56,7 +57,9 @@ from detector.sources.kafka import KafkaSettings, client_kwargs
 
 log = logging.getLogger(__name__)
 
-ORIGIN_PREFIX = "origin:"  # watermark streams of the edge owner named after input partitions
+# watermark streams of the edge owner: "origin:<internal partition>|<input partition>"
+ORIGIN_PREFIX = "origin:"
+CLOCK_INTERVAL_S = 0.5  # how often an ingest replica announces its input partitions' clocks
 
 
 class ScaleOutSettings(BaseModel):
@@ -147,6 +150,8 @@ class Repartitioner(Pipeline):
         self._partitions = 0
         self._pending: dict[int, list[FlowRecord]] = {}
         self._inflight: list[asyncio.Future[Any]] = []
+        self._clocks_at = -math.inf
+        self._announced: frozenset[str] = frozenset()
 
     @property
     def partitions(self) -> int:
@@ -270,7 +275,38 @@ class Repartitioner(Pipeline):
             )
         self._producer = producer
 
+    async def _on_idle(self) -> None:
+        await super()._on_idle()
+        await self._send_clocks(force=False)
+
+    async def _send_clocks(self, force: bool) -> None:
+        """Announce every input partition this replica owns, with its event time and idleness,
+        to every internal partition (see ``EdgeOwnerPipeline._take_clocks``)."""
+        clocks = self.aggregator.stream_clocks()
+        now = time.monotonic()
+        if not clocks or not (force or now - self._clocks_at >= CLOCK_INTERVAL_S):
+            return
+        self._clocks_at = now
+        producer = self._producer
+        if producer is None:
+            raise InfrastructureError("scale-out producer is not running")
+        unit = encode_clocks(clocks)
+        from aiokafka.errors import KafkaError
+
+        try:
+            for p in range(self._partitions):
+                self._inflight.append(await producer.send(self.scale.topic, unit, partition=p))
+        except KafkaError as e:
+            raise InfrastructureError(
+                f"scale-out: send to {self.scale.topic} failed: {e!r}"
+            ) from None
+
     async def _send_pending(self) -> None:
+        streams = frozenset(self.aggregator.stream_clocks())
+        new_streams = streams != self._announced
+        self._announced = streams
+        # Clocks go first: an input partition is known to every edge owner before its records.
+        await self._send_clocks(force=new_streams)
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
@@ -343,39 +379,45 @@ class EdgeOwnerPipeline(Pipeline):
         self.dropped_on_revoke = 0
         self.replayed_skipped = 0  # records of windows the previous owner already emitted
         self.incidents_adopted = 0
+        self.stale_dropped = 0  # units of partitions revoked while they waited in the queue
         # per internal stream: windows starting before this were emitted by a previous owner
         self._horizon: dict[str, float] = {}
         self._owned: set[str] = set()
+        self._origin_seen: dict[str, float] = {}  # input partition -> last announced (monotonic)
         self.duplicates_dropped = 0
         # per internal stream, per input partition: the highest offset taken
         self._hw: dict[str, dict[str | None, int]] = {}
 
     def process_batch(self, batch: Batch) -> None:
-        records = self.prepare_batch(batch)
-        if records is None:
+        if not batch.units:
+            self.prepare_batch(batch)  # registers or ends the stream
             return
         stream = batch.stream
+        if stream not in self._owned:
+            # Fetched before a rebalance took the partition away (it waited in the queue):
+            # its new owner reads it again from our commit; counting it here would double it.
+            self.stale_dropped += len(batch.units)
+            return
+        units, offsets = self._take_clocks(batch)
+        records: list[FlowRecord] = []
+        if units:
+            records = self.prepare_batch(replace(batch, units=units, offsets=offsets)) or []
         records = self._dedupe(stream, records)
         horizon = self._horizon.get(stream)
         if horizon is not None:
             kept = [r for r in records if r.ts >= horizon]
             self.replayed_skipped += len(records) - len(kept)
             records = kept
-        # The watermark follows the input partitions the records came from (``source``), as in
-        # one process: an internal partition mixes records of several ingest replicas, and one
-        # of them may lag (catching up after a restart) without its records turning late.
+        # Records move their input partition's clock at once (the clock messages may lag).
         newest: dict[str | None, float] = {}
         for r in records:
             if r.ts > newest.get(r.source, -math.inf):
                 newest[r.source] = r.ts
         agg = self.aggregator
-        now = time.monotonic()
-        wall = self._stream_wall
+        prefix = f"{ORIGIN_PREFIX}{stream}|"
         for origin, ts in newest.items():
             if origin is not None:
-                name = ORIGIN_PREFIX + origin
-                agg.note_event_time(name, ts)
-                wall[name] = now  # idles out like any stream when that input goes quiet
+                agg.note_event_time(prefix + origin, ts)
         if records:
             agg.add_batch(stream, records, batch.offsets[0])
         agg.note_offset(stream, batch.offsets[-1])
@@ -384,6 +426,60 @@ class EdgeOwnerPipeline(Pipeline):
             agg.end_stream(stream)
         if self.on_progress is not None:
             self.on_progress(batch)
+
+    def _take_clocks(self, batch: Batch) -> tuple[list[bytes], list[int]]:
+        """Apply the clock messages of ``batch``; return its other units and their offsets.
+
+        The watermark follows the input partitions (as in one process), not the internal ones:
+        an internal partition mixes several ingest replicas, one of which may lag. Each ingest
+        replica announces, in every internal partition, every input partition it owns with its
+        event time (None: none yet) and whether it is idle. Everything it sent to that internal
+        partition before was older, so the pair (internal partition, input partition) is a
+        watermark stream of its own: an input partition holds the watermark from the moment it
+        is assigned, and records of one input partition read late from one internal partition
+        (which the consumer fetches at its own pace) are not late."""
+        units: list[bytes] = []
+        offsets: list[int] = []
+        agg = self.aggregator
+        now = time.monotonic()
+        prefix = f"{ORIGIN_PREFIX}{batch.stream}|"
+        for unit, off in zip(batch.units, batch.offsets, strict=False):
+            if not unit.startswith(b"{"):
+                units.append(unit)
+                offsets.append(off)
+                continue
+            clocks = decode_clocks(unit)
+            if clocks is None:
+                self._bad(batch.stream, off, "bad_clock", unit)
+                continue
+            for origin, (ts, idle) in clocks.items():
+                name = prefix + origin
+                if ts is None:
+                    agg.register_stream(name)
+                else:
+                    agg.note_event_time(name, ts)
+                agg.mark_idle(name, idle)
+                self._origin_seen[name] = now
+        return units, offsets
+
+    async def _on_idle(self) -> None:
+        # An input partition nobody announces any more (its ingest replica died and no other
+        # took it over, or its topic went away) stops holding the watermark after a while;
+        # long enough for a consumer-group session to expire and another replica to take over.
+        now = time.monotonic()
+        limit = 3 * self.settings.idle_stream_s
+        for name, seen in self._origin_seen.items():
+            if now - seen >= limit:
+                self.aggregator.mark_idle(name, True)
+        await super()._on_idle()
+
+    def _elect_mesh_wide_reporter(self) -> None:
+        """The owner of internal partition 0 reports mesh-wide shifts (from its share of the
+        edges); every other replica keeps quiet about them, so one shift is one finding."""
+        reporter = any(stream_partition(s) == 0 for s in self._owned)
+        for sink in self.sinks:
+            if hasattr(sink, "mesh_wide"):
+                sink.mesh_wide = reporter
 
     def _dedupe(self, stream: str, records: list[FlowRecord]) -> list[FlowRecord]:
         """Drop records an ingest replica sent again after taking over an input partition from
@@ -427,9 +523,18 @@ class EdgeOwnerPipeline(Pipeline):
         """Take over partitions: the previous owner's horizon and open incidents."""
         if self.handover is None:
             self._owned.update(streams)
+            self._elect_mesh_wide_reporter()
             return
         by_part = {p: s for s in streams if (p := stream_partition(s)) is not None}
+        t0 = time.monotonic()
         states = await self.handover.read(by_part)
+        log.info(
+            "took over %d partition(s) of %s (state of %d) in %.2fs",
+            len(by_part),
+            self.handover.topic,
+            len(states),
+            time.monotonic() - t0,
+        )
         adopt = [getattr(s, "adopt_incidents", None) for s in self.sinks]
         for p, state in states.items():
             closed = state.get("closed_before")
@@ -440,9 +545,14 @@ class EdgeOwnerPipeline(Pipeline):
                 if fn is not None and incidents:
                     self.incidents_adopted += fn(incidents)
         self._owned.update(streams)  # only now: our own commits must not publish state first
+        self._elect_mesh_wide_reporter()
 
     async def _commit(self) -> None:
         # State first, then offsets: the state is never older than the committed position.
+        await self._publish_state()
+        await super()._commit()
+
+    async def _publish_state(self) -> None:
         n = self._partition_count()
         if self.handover is not None and self._owned and n > 0:
             closed = self.aggregator.closed_before
@@ -466,15 +576,20 @@ class EdgeOwnerPipeline(Pipeline):
                     if p in states:
                         states[p]["incidents"].append(d)
             await self.handover.publish(states)
-        await super()._commit()
 
     async def _on_revoked(self, streams: Sequence[str]) -> None:
         # Commit past what is closed while we still own the partitions, then forget the open
         # windows of their identities: the next owner rebuilds them from that commit.
+        await self._publish_state()
         await super()._on_revoked(streams)
         self._owned.difference_update(streams)
+        self._elect_mesh_wide_reporter()
         for stream in streams:
             self._hw.pop(stream, None)
+            prefix = f"{ORIGIN_PREFIX}{stream}|"
+            for name in [n for n in self._origin_seen if n.startswith(prefix)]:
+                del self._origin_seen[name]
+                self.aggregator.forget_stream(name)
         revoked = {p for p in map(stream_partition, streams) if p is not None}
         n = self._partition_count()
         if not revoked or n <= 0:

@@ -4,7 +4,11 @@ and resolved, on their way to the replica that owns their caller identity (``rep
 Contract:
 * ``encode_records(records)`` gives one unit: a JSON array of records, each a JSON array of the
   ``FlowRecord`` fields in order (``records.FIELDS``).
-* ``decode`` (the registered decoder) gives them back unchanged. A unit that is not that shape
+* ``encode_clocks(clocks)`` gives a clock unit: a JSON object ``{"clocks": {input partition:
+  [event time or null, idle]}}`` an ingest replica sends to every internal partition;
+  ``decode_clocks`` gives it back, or None when the unit is not a valid clock unit. Record
+  units start with ``[``, clock units with ``{``.
+* ``decode`` (the registered decoder) gives records back unchanged. A unit that is not that shape
   (a stray or hostile producer on the topic) raises ``DecodeError`` (``not_json``,
   ``bad_shape``, ``bad_field``) like any bad input: wrong types never reach the aggregator.
 """
@@ -55,4 +59,29 @@ def decode(data: bytes, source: str | None = None, offset: int | None = None) ->
         ):
             raise DecodeError("bad_field")
         append(FlowRecord._make(it))
+    return out
+
+
+def encode_clocks(clocks: dict[str, tuple[float | None, bool]]) -> bytes:
+    return orjson.dumps({"clocks": {k: [ts, idle] for k, (ts, idle) in clocks.items()}})
+
+
+def decode_clocks(data: bytes) -> dict[str, tuple[float | None, bool]] | None:
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    clocks = doc.get("clocks") if isinstance(doc, dict) else None
+    if not isinstance(clocks, dict):
+        return None
+    out: dict[str, tuple[float | None, bool]] = {}
+    for k, v in clocks.items():
+        if not (isinstance(v, list) and len(v) == 2 and isinstance(v[1], bool)):
+            return None
+        ts = v[0]
+        if ts is not None and (
+            isinstance(ts, bool) or not isinstance(ts, _NUMERIC) or not math.isfinite(ts)
+        ):
+            return None
+        out[k] = (None if ts is None else float(ts), v[1])
     return out

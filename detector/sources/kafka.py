@@ -241,6 +241,8 @@ class KafkaSource:
         self._running.set()
         try:
             while not self._stopping:
+                if not self._callbacks_idle.is_set():
+                    await self._callbacks_idle.wait()
                 while control:
                     yield control.popleft()
                 try:
