@@ -72,12 +72,23 @@ class RecordingThresholds(Thresholds):
 
     def passes(self, a: Anomaly) -> bool:
         ev = a.evidence
-        targets = tuple(str(x) for x in list(ev.get("new_destinations", [])) + list(
-            ev.get("targets", [])
-        ))
+        targets = tuple(
+            str(x) for x in list(ev.get("new_destinations", [])) + list(ev.get("targets", []))
+        )
         self.scores.append(
-            Score(a.window_start, a.finding_type, a.category, a.risk, self.limit(a),
-                  a.subject.src, a.subject.dst, targets, a.observed, a.expected, a.feature)
+            Score(
+                a.window_start,
+                a.finding_type,
+                a.category,
+                a.risk,
+                self.limit(a),
+                a.subject.src,
+                a.subject.dst,
+                targets,
+                a.observed,
+                a.expected,
+                a.feature,
+            )
         )
         return super().passes(a)
 
