@@ -74,6 +74,19 @@ class WindowBatch:
         w0 = windows[0]
         return cls(windows, w0.window_start, w0.window_end - w0.window_start)
 
+    def subset(self, positions: Sequence[int]) -> WindowBatch:
+        """The batch of the windows at ``positions`` (same window time), keeping what was
+        already computed for them (keys, feature rows, counts) instead of computing it again."""
+        sub = WindowBatch([self.windows[i] for i in positions], self.window_start, self.window_s)
+        done = self.__dict__
+        if "keys" in done:
+            sub.keys = [self.keys[i] for i in positions]
+        idx = np.asarray(positions, dtype=np.intp)
+        for name in ("matrix", "totals", "errors", "bytes_out", "has_latency"):
+            if name in done:
+                sub.__dict__[name] = done[name][idx]
+        return sub
+
     @property
     def window_end(self) -> float:
         return self.window_start + self.window_s
@@ -97,23 +110,53 @@ class WindowBatch:
     def matrix(self) -> np.ndarray:
         return feature_matrix(self.windows, self.hour)
 
+    @cached_property
+    def totals(self) -> np.ndarray:
+        """Requests + connections + API calls per window, as float64."""
+        return np.array([w.total for w in self.windows], dtype=np.float64)
+
+    @cached_property
+    def errors(self) -> np.ndarray:
+        return np.array([w.errors for w in self.windows], dtype=np.float64)
+
+    @cached_property
+    def bytes_out(self) -> np.ndarray:
+        return np.array([w.bytes_out for w in self.windows], dtype=np.float64)
+
+    @cached_property
+    def has_latency(self) -> np.ndarray:
+        """Windows with a p90 latency (column 7 of ``matrix`` is 0 for the others)."""
+        return np.array([w.latency_p90_ms is not None for w in self.windows], dtype=bool)
+
 
 def feature_matrix(windows: Sequence[EdgeWindow], hour: int) -> np.ndarray:
+    """The ``FEATURES`` of each window, one row per window.
+
+    Divisions and ratios are done by numpy over the whole batch (IEEE division is exact
+    either way); ``log1p`` goes through ``math`` per value, because numpy's vectorised
+    ``log1p`` may differ in the last bit and these rows are what the forest was fitted on."""
     n = len(windows)
     m = np.zeros((n, len(FEATURES)), dtype=np.float64)
+    if not n:
+        return m
+    f64 = np.float64
+    # one flat list per attribute: numpy converts those far faster than rows of tuples
+    total = np.array([w.requests + w.connections + w.api_calls for w in windows], dtype=f64)
+    per = np.maximum(total, 1.0)
+    log1p = math.log1p
+    m[:, 0] = [log1p(v) for v in total.tolist()]
+    m[:, 1] = np.array([w.errors for w in windows], dtype=f64) / per
+    m[:, 2] = np.array([w.denied for w in windows], dtype=f64) / per
+    m[:, 3] = np.array([w.unauthenticated for w in windows], dtype=f64) / per
+    b_out = np.array([w.bytes_out for w in windows], dtype=f64) / per
+    m[:, 4] = [log1p(v) for v in b_out.tolist()]
+    b_in = np.array([w.bytes_in for w in windows], dtype=f64) / per
+    m[:, 5] = [log1p(v) for v in b_in.tolist()]
+    m[:, 6] = [log1p(w.latency_p50_ms or 0.0) for w in windows]
+    m[:, 7] = [log1p(w.latency_p90_ms or 0.0) for w in windows]
+    m[:, 8] = [len(w.routes) for w in windows]
+    m[:, 9] = [len(w.src_ips) for w in windows]
     ang = 2 * math.pi * hour / 24
-    for i, w in enumerate(windows):
-        total = max(1, w.total)
-        m[i, 0] = math.log1p(w.total)
-        m[i, 1] = w.errors / total
-        m[i, 2] = w.denied / total
-        m[i, 3] = w.unauthenticated / total
-        m[i, 4] = math.log1p(w.bytes_out / total)
-        m[i, 5] = math.log1p(w.bytes_in / total)
-        m[i, 6] = math.log1p(w.latency_p50_ms or 0.0)
-        m[i, 7] = math.log1p(w.latency_p90_ms or 0.0)
-        m[i, 8] = len(w.routes)
-        m[i, 9] = len(w.src_ips)
-        m[i, 10] = math.sin(ang)
-        m[i, 11] = math.cos(ang)
+    m[:, 10] = math.sin(ang)
+    m[:, 11] = math.cos(ang)
     return m
