@@ -444,9 +444,15 @@ class SeasonalModel:
         mu_all, alpha_all = self._requests_expected(batch)
         ready = self.b_out_[rows, 0] >= self.min_history_windows
         if ready.any():
-            self._score_edges(
-                batch, pos[ready], rows[ready], mu_all[ready], alpha_all[ready], scale, out
-            )
+            pos, rows, mu, alpha = pos[ready], rows[ready], mu_all[ready], alpha_all[ready]
+            if len(np.unique(rows)) == len(rows):
+                self._score_edges(batch, pos, rows, mu, alpha, scale, out)
+            else:
+                # the same edge twice in one window time (not produced by the aggregator): its
+                # recent bytes z must see the first window before the second, so one at a time
+                for k in range(len(rows)):
+                    one = slice(k, k + 1)
+                    self._score_edges(batch, pos[one], rows[one], mu[one], alpha[one], scale, out)
         if self.drop_min_expected > 0:
             self._score_silent(batch, rows, h, scale, start, end, out)
         return out
