@@ -98,8 +98,8 @@ class PackedForest:
             return np.ones(n)
         flat_x = x.ravel()
         # (trees, rows): every tree starts at its root; row r's features start at r * n_features
-        node = np.repeat(np.arange(self.n_trees, dtype=np.intp) * self.width, n)
-        node = node.reshape(self.n_trees, n)
+        roots = np.arange(self.n_trees, dtype=np.intp) * self.width
+        node: np.ndarray = np.repeat(roots, n).reshape(self.n_trees, n)
         row_base = np.arange(n, dtype=np.intp) * x.shape[1]
         for _ in range(self.max_depth):
             value = flat_x.take(self.feature.take(node) + row_base)
