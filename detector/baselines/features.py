@@ -16,7 +16,7 @@ from typing import Final
 
 import numpy as np
 
-from detector.flows import EdgeWindow
+from detector.flows import OVERFLOW, EdgeWindow
 
 KUBE_APISERVER: Final = "kube-apiserver"
 
@@ -79,10 +79,11 @@ class WindowBatch:
         already computed for them (keys, feature rows, counts) instead of computing it again."""
         sub = WindowBatch([self.windows[i] for i in positions], self.window_start, self.window_s)
         done = self.__dict__
-        if "keys" in done:
-            sub.keys = [self.keys[i] for i in positions]
+        for name in ("keys", "services"):
+            if name in done:
+                sub.__dict__[name] = [done[name][i] for i in positions]
         idx = np.asarray(positions, dtype=np.intp)
-        for name in ("matrix", "totals", "errors", "bytes_out", "has_latency"):
+        for name in ("matrix", "totals", "errors", "bytes_out", "regular", "has_latency"):
             if name in done:
                 sub.__dict__[name] = done[name][idx]
         return sub
@@ -100,11 +101,27 @@ class WindowBatch:
         return [edge_key(w) for w in self.windows]
 
     @cached_property
-    def by_caller(self) -> dict[str, list[EdgeWindow]]:
-        out: dict[str, list[EdgeWindow]] = {}
-        for w in self.windows:
-            out.setdefault(caller_key(w), []).append(w)
+    def services(self) -> list[str]:
+        """``service_key``-like destination of each window: ``svc|namespace|cluster``."""
+        return [f"{w.dst_service}|{w.dst_namespace}|{w.dst_cluster}" for w in self.windows]
+
+    @cached_property
+    def caller_positions(self) -> dict[str, list[int]]:
+        """Caller key -> positions of its windows, callers in order of first appearance."""
+        out: dict[str, list[int]] = {}
+        for i, w in enumerate(self.windows):
+            key = f"{w.src_principal}|{w.src_cluster}"
+            group = out.get(key)
+            if group is None:
+                out[key] = [i]
+            else:
+                group.append(i)
         return out
+
+    @cached_property
+    def by_caller(self) -> dict[str, list[EdgeWindow]]:
+        ws = self.windows
+        return {c: [ws[i] for i in pos] for c, pos in self.caller_positions.items()}
 
     @cached_property
     def matrix(self) -> np.ndarray:
@@ -122,6 +139,11 @@ class WindowBatch:
     @cached_property
     def bytes_out(self) -> np.ndarray:
         return np.array([w.bytes_out for w in self.windows], dtype=np.float64)
+
+    @cached_property
+    def regular(self) -> np.ndarray:
+        """Windows of real edges (not the overflow bucket of edges beyond the table size)."""
+        return np.array([w.src_principal != OVERFLOW for w in self.windows], dtype=bool)
 
     @cached_property
     def has_latency(self) -> np.ndarray:

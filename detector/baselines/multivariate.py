@@ -21,7 +21,6 @@ from sklearn.ensemble import IsolationForest
 
 from detector.anomalies import Anomaly, Subject
 from detector.baselines.features import FEATURES, WindowBatch
-from detector.flows import OVERFLOW
 
 
 def _average_path_length(n: np.ndarray) -> np.ndarray:
@@ -144,19 +143,28 @@ class MultivariateModel:
             "random_state": self.random_state,
         }
 
+    def _eligible(self, batch: WindowBatch) -> np.ndarray:
+        """Positions of the windows this model learns and scores: enough requests, no overflow."""
+        return np.nonzero((batch.totals >= self.min_requests) & batch.regular)[0]
+
     def learn(self, batch: WindowBatch) -> None:
-        m = batch.matrix
-        for i, w in enumerate(batch.windows):
-            if w.total < self.min_requests or w.src_principal == OVERFLOW:
-                continue
-            self.seen_ += 1
-            row = m[i].tolist()
-            if len(self.rows_) < self.reservoir_size:
-                self.rows_.append(row)
-            else:  # reservoir sampling: every row seen has the same chance to be kept
-                j = int(self._rng.integers(0, self.seen_))
-                if j < self.reservoir_size:
-                    self.rows_[j] = row
+        idx = self._eligible(batch)
+        if not len(idx):
+            return
+        rows = batch.matrix[idx].tolist()
+        free = max(0, self.reservoir_size - len(self.rows_))
+        self.rows_.extend(rows[:free])
+        self.seen_ += min(free, len(rows))
+        rest = rows[free:]
+        if rest:
+            # reservoir sampling: every row seen has the same chance to be kept. One draw per
+            # row, for all rows at once: numpy draws an array of bounds in the same order (and
+            # from the same stream) as one call per row (tested).
+            highs = np.arange(self.seen_ + 1, self.seen_ + len(rest) + 1)
+            self.seen_ += len(rest)
+            js = self._rng.integers(0, highs)
+            for k in np.nonzero(js < self.reservoir_size)[0].tolist():
+                self.rows_[int(js[k])] = rest[k]
 
     def fit(self) -> None:
         """(Re)fit the forest on the reservoir; called at the end of training and on load."""
@@ -178,12 +186,8 @@ class MultivariateModel:
     def score(self, batch: WindowBatch) -> list[Anomaly]:
         if self.packed_ is None:
             return []
-        idx = [
-            i
-            for i, w in enumerate(batch.windows)
-            if w.total >= self.min_requests and w.src_principal != OVERFLOW
-        ]
-        if not idx:
+        idx = self._eligible(batch)
+        if not len(idx):
             return []
         x = batch.matrix[idx]
         s = self.packed_.anomaly_score(x)
@@ -193,7 +197,7 @@ class MultivariateModel:
         p = (exceed + 1) / (n + 1)
         out: list[Anomaly] = []
         for k in np.nonzero(p <= 0.01)[0]:
-            w = batch.windows[idx[k]]
+            w = batch.windows[int(idx[k])]
             z = (x[k] - self.mean_) / self.std_
             order = np.argsort(-np.abs(z))[:3]
             total = float(np.abs(z[order]).sum()) or 1.0
