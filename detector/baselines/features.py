@@ -1,9 +1,13 @@
 """Feature views of one window time's edge windows, shared by every baseline.
 
 Contract: ``WindowBatch`` wraps the edge windows of ONE window time (same ``window_start``) and
-offers, computed once and cached, what several models need: edge keys, per-caller groupings,
-the hour-of-day bin, and the multivariate feature matrix (``FEATURES`` order). Keys are plain
-tuples/strings so learned state serialises to JSON.
+offers, computed once and cached, what several models need: edge keys, destination service
+keys, per-caller groupings (as positions and as windows), the hour-of-day bin, per-window counts
+as float arrays (requests, errors, bytes out, which windows are real edges and which carry a
+latency) and the multivariate feature matrix (``FEATURES`` order). Models score a window time
+with array operations over these instead of a loop per window. ``subset(positions)`` is the
+batch of some of its windows, keeping what was already computed. Keys are plain strings so
+learned state serialises to JSON.
 """
 
 from __future__ import annotations

@@ -21,6 +21,10 @@ Finding types: requests SURGE -> ``rate_surge`` (security) unless the edge is fa
 storms during an outage are ``availability``); bytes out SURGE -> ``exfiltration``; errors SURGE
 -> ``availability``; latency SURGE -> ``latency``; requests DROP -> ``traffic_drop``.
 Minimum effect sizes (``min_ratio``, ``min_excess``) keep tiny absolute changes quiet.
+
+Implementation: the per-edge state lives in rows of numpy arrays and a window time is learned
+and scored with array operations over all its edges; the results are those of a loop per edge,
+bit for bit (tested against that loop), and ``get_state()`` keeps its per-edge JSON layout.
 """
 
 from __future__ import annotations

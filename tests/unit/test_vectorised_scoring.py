@@ -194,3 +194,91 @@ def test_packed_forest_equals_scikit_learn_on_detector_features() -> None:
         packed.anomaly_score(probe), -forest.score_samples(probe), rtol=0, atol=1e-12
     )
     assert packed.anomaly_score(probe[:0]).shape == (0,)
+
+
+def test_multivariate_reservoir_equals_one_draw_per_row() -> None:
+    """Reservoir sampling with all of a batch's draws at once keeps the rows one draw per row
+    (the plain algorithm, below) keeps."""
+    from detector.baselines.multivariate import MultivariateModel
+
+    m = MultivariateModel(reservoir_size=300, min_requests=5)
+    rng = np.random.default_rng(m.random_state)
+    rows: list[list[float]] = []
+    seen = 0
+    for ws in traffic(2, seed=6):
+        batch = WindowBatch.of(ws)
+        m.learn(batch)
+        for i, w in enumerate(ws):
+            if w.total < 5 or w.src_principal == OVERFLOW:
+                continue
+            seen += 1
+            if len(rows) < 300:
+                rows.append(batch.matrix[i].tolist())
+            else:
+                j = int(rng.integers(0, seen))
+                if j < 300:
+                    rows[j] = batch.matrix[i].tolist()
+    assert seen > 3 * 300  # the reservoir filled and was sampled into
+    assert m.seen_ == seen and m.rows_ == rows
+
+
+def _warm_novelty() -> tuple[object, float]:
+    from detector.baselines.novelty import NoveltyModel
+
+    m = NoveltyModel(warmup_windows=5)
+    t = T0
+    for k in range(20):
+        t = T0 + k * W
+        m.learn(WindowBatch.of([ew(t, c, SERVICES[i % 3], 10) for i, c in enumerate(CALLERS)]))
+    return m, t + W
+
+
+def test_novelty_known_routes_say_nothing_new_routes_do() -> None:
+    m, t = _warm_novelty()
+    quiet = WindowBatch.of([ew(t, c, SERVICES[i % 3], 10) for i, c in enumerate(CALLERS)])
+    assert m.score(quiet) == []  # type: ignore[attr-defined]
+    routes = {"GET /items/{id}": 5, "DELETE /items/{id}": 3, "GET /{other}": 2}
+    probe = WindowBatch.of([ew(t, CALLERS[0], SERVICES[0], 10, routes=routes)])
+    (a,) = m.score(probe)  # type: ignore[attr-defined]
+    assert a.finding_type == "new_route" and a.evidence["new_routes"] == ["DELETE /items/{id}"]
+    assert a.subject.dst_service == SERVICES[0]
+    # learning counts the window with a new route towards the base rate, once
+    before = m.new_route_events_  # type: ignore[attr-defined]
+    m.learn(probe)  # type: ignore[attr-defined]
+    assert m.new_route_events_ == before + 1  # type: ignore[attr-defined]
+    m.learn(WindowBatch.of([ew(t + W, CALLERS[0], SERVICES[0], 10, routes=routes)]))  # type: ignore[attr-defined]
+    assert m.new_route_events_ == before + 1  # type: ignore[attr-defined]
+
+
+def test_novelty_rare_edge_after_a_long_gap() -> None:
+    from detector.baselines.novelty import NoveltyModel
+
+    m = NoveltyModel(warmup_windows=5, rare_windows=3, rare_gap_s=3600.0)
+    for k in range(10):
+        ws = [ew(T0 + k * W, c, SERVICES[i % 3], 10) for i, c in enumerate(CALLERS)]
+        if k == 2:
+            ws.append(ew(T0 + k * W, CALLERS[0], SERVICES[5], 4))  # seen once, early
+        m.learn(WindowBatch.of(ws))
+    later = T0 + 2 * 3600
+    rare = m.score(WindowBatch.of([ew(later, CALLERS[0], SERVICES[5], 4)]))
+    assert [a.finding_type for a in rare] == ["rare_edge"]
+    assert m.score(WindowBatch.of([ew(later, CALLERS[0], SERVICES[0], 10)])) == []
+
+
+def test_bursts_scan_needs_many_distinct_destinations() -> None:
+    from detector.baselines.bursts import BurstModel
+
+    m = BurstModel()
+    for k in range(30):
+        t = T0 + k * W
+        m.learn(WindowBatch.of([ew(t, c, SERVICES[i % 3], 10) for i, c in enumerate(CALLERS)]))
+    t = T0 + 31 * W
+    wide = [ew(t, CALLERS[1], f"probe{j}", 2, denied=2, ok=0) for j in range(8)]
+    narrow = [ew(t, CALLERS[2], SERVICES[2], 10)]
+    found = m.score(WindowBatch.of(wide + narrow))
+    scans = [a for a in found if a.finding_type == "scan"]
+    assert [a.subject.principal for a in scans] == [CALLERS[1]]
+    assert scans[0].observed == 8.0
+    # four new destinations are below max(2 x 1, 1 + 4): not a scan
+    few = [ew(t, CALLERS[1], f"probe{j}", 2, denied=2, ok=0) for j in range(4)]
+    assert not [a for a in m.score(WindowBatch.of(few)) if a.finding_type == "scan"]
