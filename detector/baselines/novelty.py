@@ -27,6 +27,7 @@ from detector.flows import ANONYMOUS, OVERFLOW, EdgeWindow
 from detector.records import UNKNOWN
 
 _SKIP_CALLERS = frozenset({ANONYMOUS, OVERFLOW})
+_NONE: frozenset[str] = frozenset()
 
 
 class NoveltyModel:
@@ -145,6 +146,7 @@ class NoveltyModel:
         out: list[Anomaly] = []
         ws0, we0 = batch.window_start, batch.window_end
         windows, keys, services = batch.windows, batch.keys, batch.services
+        edges, routes_of, rare_windows = self.edges_, self.routes_, self.rare_windows
         for caller, positions in batch.caller_positions.items():
             principal, cluster = caller.rsplit("|", 1)
             if principal in _SKIP_CALLERS:
@@ -160,6 +162,15 @@ class NoveltyModel:
             for i in positions:
                 svc = services[i]
                 if svc in dests:
+                    # the common case, inline: a frequent edge using routes known on its
+                    # service says nothing (``_score_known_edge`` makes the same tests first)
+                    e = edges.get(keys[i])
+                    if (
+                        e is not None
+                        and e[0] >= rare_windows
+                        and windows[i].routes.keys() <= routes_of.get(svc, _NONE)
+                    ):
+                        continue
                     self._score_known_edge(windows[i], keys[i], svc, ws0, we0, out)
                 elif svc in self.services_:
                     new.append(windows[i])

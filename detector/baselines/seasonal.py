@@ -232,13 +232,17 @@ class SeasonalModel:
         get = self.edges_.get
         pos: list[int] = []
         rows: list[int] = []
+        seen: list[int] = []  # every known edge of the batch, overflow included
         for j, (w, key) in enumerate(zip(batch.windows, batch.keys, strict=True)):
             i = get(key)
-            if i is not None and w.src_principal != OVERFLOW:
-                pos.append(j)
-                rows.append(i)
+            if i is not None:
+                seen.append(i)
+                if w.src_principal != OVERFLOW:
+                    pos.append(j)
+                    rows.append(i)
         out = (np.asarray(pos, dtype=np.intp), np.asarray(rows, dtype=np.intp))
         memo["rows"] = out
+        memo["seen"] = seen
         return out
 
     # -- learning ----------------------------------------------------------------------------
@@ -674,7 +678,8 @@ class SeasonalModel:
             return
         n = len(self._keys)
         seen = np.zeros(n, dtype=bool)
-        seen[self._seen_rows(batch)] = True
+        self._rows(batch)
+        seen[self._memo(batch)["seen"]] = True
         n_h = self.n_h_[h] - self.born_[:n, h]
         busy = n_h >= 3
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -704,11 +709,6 @@ class SeasonalModel:
                     confidence=0.5,
                 )
             )
-
-    def _seen_rows(self, batch: WindowBatch) -> list[int]:
-        """Rows of every known edge in the batch, overflow included (it was seen)."""
-        get = self.edges_.get
-        return [i for i in (get(k) for k in batch.keys) if i is not None]
 
     def _anomaly(
         self,
