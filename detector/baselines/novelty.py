@@ -131,8 +131,9 @@ class NoveltyModel:
                 service_windows[svc] = history + 1
                 if counting and history >= self.warmup_windows:
                     counting_routes += 1
-                    if not routes.keys() <= known:
-                        new_routes += 1
+                    if routes.keys() <= known:
+                        continue  # nothing new to remember either
+                    new_routes += 1
                 known.update(routes)
             if counting and new_edge:
                 self.new_edge_events_ += 1
