@@ -130,6 +130,7 @@ class MultivariateModel:
         self.forest_: IsolationForest | None = None
         self.packed_: PackedForest | None = None
         self.train_scores_: np.ndarray = np.zeros(0)
+        self._median_score = 0.0  # of train_scores_, the "expected" of every anomaly
         self.mean_: np.ndarray = np.zeros(len(FEATURES))
         self.std_: np.ndarray = np.ones(len(FEATURES))
         self._rng = np.random.default_rng(random_state)
@@ -180,6 +181,7 @@ class MultivariateModel:
         ).fit(x)
         self.packed_ = PackedForest(self.forest_)
         self.train_scores_ = np.sort(self.packed_.anomaly_score(x))
+        self._median_score = round(float(np.median(self.train_scores_)), 4)
         self.mean_ = x.mean(axis=0)
         self.std_ = np.maximum(x.std(axis=0), 1e-3)
 
@@ -217,7 +219,7 @@ class MultivariateModel:
                     model=self.name,
                     feature="isolation_score",
                     observed=round(float(s[k]), 4),
-                    expected=round(float(np.median(self.train_scores_)), 4),
+                    expected=self._median_score,
                     p_value=float(p[k]),
                     baseline={
                         "description": f"IsolationForest over {n} training edge-windows",

@@ -282,3 +282,16 @@ def test_bursts_scan_needs_many_distinct_destinations() -> None:
     # four new destinations are below max(2 x 1, 1 + 4): not a scan
     few = [ew(t, CALLERS[1], f"probe{j}", 2, denied=2, ok=0) for j in range(4)]
     assert not [a for a in m.score(WindowBatch.of(few)) if a.finding_type == "scan"]
+
+
+def test_multivariate_anomaly_expects_the_median_training_score() -> None:
+    from detector.baselines.multivariate import MultivariateModel
+
+    m = MultivariateModel()
+    for ws in traffic(4, seed=8):
+        m.learn(WindowBatch.of(ws))
+    m.fit()
+    t = T0 + 5 * 3600
+    odd = ew(t, CALLERS[0], SERVICES[0], 400, errors=300, ok=100, latency_p90_ms=9000.0)
+    found = m.score(WindowBatch.of([odd]))
+    assert found and found[0].expected == round(float(np.median(m.train_scores_)), 4)
