@@ -50,10 +50,12 @@ unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit tests/property $(PYTEST_ARGS)
 
 # Throughput beside a bare baseline in the same run (figures, never pass/fail): decode and
-# aggregate from files (also with 100,000 distinct edges), the Kafka path, the webhook outbox.
+# aggregate from files (also with 100,000 distinct edges), replay with and without scoring (and
+# scoring's cost per window), the Kafka path, the webhook outbox.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_file.py
 	$(BIN)/python benchmarks/bench_file.py --edges 100000 --formats envoy_json --modes core,run
+	$(BIN)/python benchmarks/bench_replay.py
 	$(BIN)/python benchmarks/bench_kafka.py
 	$(BIN)/python benchmarks/bench_outbox.py
 

@@ -30,7 +30,7 @@ from typing import Any
 from detector.anomalies import CONTEXT, OPERATIONAL, Anomaly, risk_from_p
 from detector.baselines import Baseline
 from detector.baselines.bursts import BurstModel
-from detector.baselines.features import WindowBatch, caller_key, edge_key
+from detector.baselines.features import WindowBatch, caller_key
 from detector.baselines.multivariate import MultivariateModel
 from detector.baselines.novelty import NoveltyModel
 from detector.baselines.seasonal import SeasonalModel
@@ -317,14 +317,15 @@ class Scorer:
     def _learn(self, batch: WindowBatch, edges: set[str], callers: set[str]) -> None:
         if edges or callers:
             keep = [
-                w
-                for w in batch.windows
-                if edge_key(w) not in edges and caller_key(w) not in callers
+                i
+                for i, (w, key) in enumerate(zip(batch.windows, batch.keys, strict=True))
+                if key not in edges and caller_key(w) not in callers
             ]
             self.stats.learned_skipped += len(batch.windows) - len(keep)
             if not keep:
                 return
-            batch = WindowBatch(keep, batch.window_start, batch.window_s)
+            if len(keep) < len(batch.windows):
+                batch = batch.subset(keep)
         for m in self.models:
             try:
                 m.learn(batch)

@@ -16,12 +16,23 @@ number of distinct destinations per identity in a window (scans and policy probi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from detector.anomalies import Anomaly, Subject
 from detector.baselines.features import KUBE_APISERVER, WindowBatch
 from detector.baselines.seasonal import nb_sf
 from detector.flows import OVERFLOW, EdgeWindow
+
+
+def _distinct(windows: Sequence[EdgeWindow], positions: list[int]) -> int:
+    """Distinct destination services among the windows at ``positions``."""
+    return len(
+        {
+            (w.dst_service, w.dst_namespace, w.dst_cluster)
+            for w in map(windows.__getitem__, positions)
+        }
+    )
 
 
 class BurstModel:
@@ -64,23 +75,31 @@ class BurstModel:
 
     def learn(self, batch: WindowBatch) -> None:
         self.windows_ += 1
-        for caller, ws in batch.by_caller.items():
+        windows = batch.windows
+        for caller, positions in batch.caller_positions.items():
             if caller.startswith(OVERFLOW):
                 continue
-            fails = float(sum(w.denied + w.unauthenticated for w in ws))
+            fails = float(sum(windows[i].denied + windows[i].unauthenticated for i in positions))
             c = self.caller_fail_.setdefault(caller, [0.0, 0.0])
             c[0] += fails
             c[1] += 1
             self.fail_total_ += fails
             self.caller_windows_ += 1
-            dests = len({(w.dst_service, w.dst_namespace, w.dst_cluster) for w in ws})
+            dests = len(positions) if len(positions) == 1 else _distinct(windows, positions)
             f = self.fanout_.setdefault(caller, [0.0, 0.0, 0.0])
             f[0] += dests
             f[1] += 1
             f[2] = max(f[2], dests)
-        for ip, n in self._ip_failures(batch.windows).items():
+        for ip, n in self._batch_ip_failures(batch).items():
             self.ip_fail_[ip] = self.ip_fail_.get(ip, 0.0) + n
             self.ip_windows_ += 1
+
+    def _batch_ip_failures(self, batch: WindowBatch) -> dict[str, float]:
+        """``_ip_failures`` of the batch, worked out once for scoring and learning."""
+        cached = batch._cache.get("ip_failures")
+        if cached is None:
+            cached = batch._cache["ip_failures"] = self._ip_failures(batch.windows)
+        return cached  # type: ignore[return-value]
 
     @staticmethod
     def _ip_failures(windows: list[EdgeWindow] | Any) -> dict[str, float]:
@@ -92,8 +111,9 @@ class BurstModel:
 
     # -- scoring -----------------------------------------------------------------------------
 
-    def _expected_caller(self, caller: str) -> float:
-        mesh = self.fail_total_ / self.caller_windows_ if self.caller_windows_ else 0.0
+    def _expected_caller(self, caller: str, mesh: float) -> float:
+        """Expected failures of ``caller`` per window; ``mesh``: the mesh-wide rate per
+        caller-window (``fail_total_ / caller_windows_``)."""
         c = self.caller_fail_.get(caller)
         k = self.prior_windows
         if c is None:
@@ -105,36 +125,45 @@ class BurstModel:
         out: list[Anomaly] = []
         start, end = batch.window_start, batch.window_end
         explained_ips: set[str] = set()
-        for caller, ws in batch.by_caller.items():
+        windows = batch.windows
+        mesh = self.fail_total_ / self.caller_windows_ if self.caller_windows_ else 0.0
+        floor = float(self.min_failures)
+        for caller, positions in batch.caller_positions.items():
             principal, cluster = caller.rsplit("|", 1)
             if principal == OVERFLOW:
                 continue
-            unauth = sum(w.unauthenticated for w in ws)
-            denied = sum(w.denied for w in ws)
+            unauth = denied = 0
+            for i in positions:
+                w = windows[i]
+                unauth += w.unauthenticated
+                denied += w.denied
             x = float(unauth + denied)
-            mu = max(self._expected_caller(caller), 0.05)
-            is_api = sum(w.total for w in ws if w.dst_service == KUBE_APISERVER) > 0.5 * sum(
-                w.total for w in ws
-            )
-            if x >= max(self.min_failures, self.min_ratio * mu) and principal != "anonymous":
-                for w in ws:
-                    explained_ips.update(w.failures_by_ip)
-                out.append(
-                    self._failure_anomaly(
-                        Subject(principal=principal, src_cluster=cluster),
-                        x,
-                        mu,
-                        unauth,
-                        denied,
-                        is_api,
-                        ws,
-                        start,
-                        end,
-                        per="identity",
+            # the cheap test first: below ``min_failures`` no expectation can make it a burst
+            if x >= floor and principal != "anonymous":
+                mu = max(self._expected_caller(caller, mesh), 0.05)
+                if x >= max(self.min_failures, self.min_ratio * mu):
+                    ws = [windows[i] for i in positions]
+                    is_api = sum(
+                        w.total for w in ws if w.dst_service == KUBE_APISERVER
+                    ) > 0.5 * sum(w.total for w in ws)
+                    for w in ws:
+                        explained_ips.update(w.failures_by_ip)
+                    out.append(
+                        self._failure_anomaly(
+                            Subject(principal=principal, src_cluster=cluster),
+                            x,
+                            mu,
+                            unauth,
+                            denied,
+                            is_api,
+                            ws,
+                            start,
+                            end,
+                            per="identity",
+                        )
                     )
-                )
-            self._score_fanout(caller, principal, cluster, ws, start, end, out)
-        by_ip = self._ip_failures(batch.windows)
+            self._score_fanout(caller, principal, cluster, windows, positions, start, end, out)
+        by_ip = self._batch_ip_failures(batch)
         mesh_ip = sum(self.ip_fail_.values()) / self.ip_windows_ if self.ip_windows_ else 0.0
         for ip, x in by_ip.items():
             if ip in explained_ips:
@@ -217,16 +246,21 @@ class BurstModel:
         caller: str,
         principal: str,
         cluster: str,
-        ws: list[EdgeWindow],
+        windows: Sequence[EdgeWindow],
+        positions: list[int],
         start: float,
         end: float,
         out: list[Anomaly],
     ) -> None:
-        dests = {(w.dst_service, w.dst_namespace, w.dst_cluster) for w in ws}
-        d = len(dests)
         f = self.fanout_.get(caller)
         mean, mx = (f[0] / f[1], f[2]) if f else (1.0, 1.0)
-        if d < max(self.fanout_ratio * mx, mx + self.fanout_excess):
+        bound = max(self.fanout_ratio * mx, mx + self.fanout_excess)
+        if len(positions) < bound:
+            return  # fewer windows than the bound: fewer distinct destinations too
+        ws = [windows[i] for i in positions]
+        dests = {(w.dst_service, w.dst_namespace, w.dst_cluster) for w in ws}
+        d = len(dests)
+        if d < bound:
             return
         denied = sum(w.denied + w.unauthenticated for w in ws)
         if f is None and not denied:

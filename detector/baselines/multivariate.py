@@ -21,7 +21,6 @@ from sklearn.ensemble import IsolationForest
 
 from detector.anomalies import Anomaly, Subject
 from detector.baselines.features import FEATURES, WindowBatch
-from detector.flows import OVERFLOW
 
 
 def _average_path_length(n: np.ndarray) -> np.ndarray:
@@ -38,40 +37,55 @@ def _average_path_length(n: np.ndarray) -> np.ndarray:
 
 
 class PackedForest:
-    """A fitted IsolationForest packed into arrays, scored for all trees at once.
+    """A fitted IsolationForest packed into flat arrays, scored for all trees at once.
 
     scikit-learn scores tree by tree through joblib, which costs milliseconds per call for a
     few hundred rows; here one pass of numpy indexing per tree level does every tree together.
     ``anomaly_score(x)`` equals ``-forest.score_samples(x)`` (tested), so calibration against
     the training scores is unchanged.
+
+    Layout, chosen so one tree level costs a handful of flat ``take`` calls (2-D fancy
+    indexing costs several times more): node ``j`` of tree ``t`` is global node
+    ``t * width + j``; ``child[2 g]`` / ``child[2 g + 1]`` are the left / right children of
+    global node ``g``. A leaf (and a padding slot) is its own child on both sides, so every row
+    can walk ``max_depth`` levels without asking which ones already stopped.
     """
 
     def __init__(self, forest: IsolationForest) -> None:
         trees = forest.estimators_
         n_trees = len(trees)
         width = max(t.tree_.node_count for t in trees)
-        self.feature = np.zeros((n_trees, width), dtype=np.intp)
-        self.threshold = np.zeros((n_trees, width), dtype=np.float64)
-        self.left = np.full((n_trees, width), -1, dtype=np.intp)
-        self.right = np.full((n_trees, width), -1, dtype=np.intp)
-        self.leaf_depth = np.zeros((n_trees, width), dtype=np.float64)
+        feature = np.zeros((n_trees, width), dtype=np.intp)
+        threshold = np.zeros((n_trees, width), dtype=np.float64)
+        child = np.zeros((n_trees, width, 2), dtype=np.intp)
+        leaf_depth = np.zeros((n_trees, width), dtype=np.float64)
         max_depth = 0
         for i, (est, feats) in enumerate(zip(trees, forest.estimators_features_, strict=True)):
             t = est.tree_
             n = t.node_count
             internal = t.children_left[:n] >= 0
             # tree features index the bagged column subset: map back to our columns
-            self.feature[i, :n] = np.where(internal, np.asarray(feats)[t.feature[:n]], 0)
-            self.threshold[i, :n] = t.threshold[:n]
-            self.left[i, :n] = t.children_left[:n]
-            self.right[i, :n] = t.children_right[:n]
+            feature[i, :n] = np.where(internal, np.asarray(feats)[t.feature[:n]], 0)
+            threshold[i, :n] = t.threshold[:n]
+            own = i * width + np.arange(width)
+            child[i, :, 0] = own
+            child[i, :, 1] = own
+            child[i, :n, 0] = np.where(internal, i * width + t.children_left[:n], own[:n])
+            child[i, :n, 1] = np.where(internal, i * width + t.children_right[:n], own[:n])
             depth = np.zeros(n)
             for node in range(n):  # children always come after their parent
                 if internal[node]:
                     depth[t.children_left[node]] = depth[node] + 1
                     depth[t.children_right[node]] = depth[node] + 1
             max_depth = max(max_depth, int(depth.max()))
-            self.leaf_depth[i, :n] = depth + _average_path_length(t.n_node_samples[:n])
+            leaf_depth[i, :n] = depth + _average_path_length(t.n_node_samples[:n])
+        self.n_trees = n_trees
+        self.width = width
+        self.n_features = int(forest.n_features_in_)
+        self.feature = feature.ravel()
+        self.threshold = threshold.ravel()
+        self.child = child.ravel()
+        self.leaf_depth = leaf_depth.ravel()
         self.max_depth = max_depth
         self.denominator = n_trees * float(_average_path_length(np.array([forest.max_samples_]))[0])
 
@@ -79,19 +93,19 @@ class PackedForest:
         # trees compare float32 features with float64 thresholds: do the same
         x = np.asarray(x, dtype=np.float32).astype(np.float64)
         n = len(x)
-        trees = np.arange(self.feature.shape[0])[:, None]
-        cols = np.arange(n)[None, :]
-        node = np.zeros((self.feature.shape[0], n), dtype=np.intp)
-        for _ in range(self.max_depth):
-            left = self.left[trees, node]
-            inner = left >= 0
-            if not inner.any():
-                break
-            go_left = x[cols, self.feature[trees, node]] <= self.threshold[trees, node]
-            node = np.where(inner, np.where(go_left, left, self.right[trees, node]), node)
-        depths = self.leaf_depth[trees, node].sum(axis=0)
         if self.denominator == 0:
             return np.ones(n)
+        flat_x = x.ravel()
+        # (trees, rows): every tree starts at its root; row r's features start at r * n_features
+        roots = np.arange(self.n_trees, dtype=np.intp) * self.width
+        node: np.ndarray = np.repeat(roots, n).reshape(self.n_trees, n)
+        row_base = np.arange(n, dtype=np.intp) * x.shape[1]
+        for _ in range(self.max_depth):
+            value = flat_x.take(self.feature.take(node) + row_base)
+            # NaN goes right, as in scikit-learn's ``x <= threshold`` test
+            right = ~(value <= self.threshold.take(node))
+            node = self.child.take(2 * node + right)
+        depths = self.leaf_depth.take(node).sum(axis=0)
         return np.asarray(2.0 ** (-depths / self.denominator))
 
 
@@ -116,6 +130,7 @@ class MultivariateModel:
         self.forest_: IsolationForest | None = None
         self.packed_: PackedForest | None = None
         self.train_scores_: np.ndarray = np.zeros(0)
+        self._median_score = 0.0  # of train_scores_, the "expected" of every anomaly
         self.mean_: np.ndarray = np.zeros(len(FEATURES))
         self.std_: np.ndarray = np.ones(len(FEATURES))
         self._rng = np.random.default_rng(random_state)
@@ -129,19 +144,28 @@ class MultivariateModel:
             "random_state": self.random_state,
         }
 
+    def _eligible(self, batch: WindowBatch) -> np.ndarray:
+        """Positions of the windows this model learns and scores: enough requests, no overflow."""
+        return np.nonzero((batch.totals >= self.min_requests) & batch.regular)[0]
+
     def learn(self, batch: WindowBatch) -> None:
-        m = batch.matrix
-        for i, w in enumerate(batch.windows):
-            if w.total < self.min_requests or w.src_principal == OVERFLOW:
-                continue
-            self.seen_ += 1
-            row = m[i].tolist()
-            if len(self.rows_) < self.reservoir_size:
-                self.rows_.append(row)
-            else:  # reservoir sampling: every row seen has the same chance to be kept
-                j = int(self._rng.integers(0, self.seen_))
-                if j < self.reservoir_size:
-                    self.rows_[j] = row
+        idx = self._eligible(batch)
+        if not len(idx):
+            return
+        rows = batch.matrix[idx].tolist()
+        free = max(0, self.reservoir_size - len(self.rows_))
+        self.rows_.extend(rows[:free])
+        self.seen_ += min(free, len(rows))
+        rest = rows[free:]
+        if rest:
+            # reservoir sampling: every row seen has the same chance to be kept. One draw per
+            # row, for all rows at once: numpy draws an array of bounds in the same order (and
+            # from the same stream) as one call per row (tested).
+            highs = np.arange(self.seen_ + 1, self.seen_ + len(rest) + 1)
+            self.seen_ += len(rest)
+            js = self._rng.integers(0, highs)
+            for k in np.nonzero(js < self.reservoir_size)[0].tolist():
+                self.rows_[int(js[k])] = rest[k]
 
     def fit(self) -> None:
         """(Re)fit the forest on the reservoir; called at the end of training and on load."""
@@ -157,18 +181,15 @@ class MultivariateModel:
         ).fit(x)
         self.packed_ = PackedForest(self.forest_)
         self.train_scores_ = np.sort(self.packed_.anomaly_score(x))
+        self._median_score = round(float(np.median(self.train_scores_)), 4)
         self.mean_ = x.mean(axis=0)
         self.std_ = np.maximum(x.std(axis=0), 1e-3)
 
     def score(self, batch: WindowBatch) -> list[Anomaly]:
         if self.packed_ is None:
             return []
-        idx = [
-            i
-            for i, w in enumerate(batch.windows)
-            if w.total >= self.min_requests and w.src_principal != OVERFLOW
-        ]
-        if not idx:
+        idx = self._eligible(batch)
+        if not len(idx):
             return []
         x = batch.matrix[idx]
         s = self.packed_.anomaly_score(x)
@@ -178,7 +199,7 @@ class MultivariateModel:
         p = (exceed + 1) / (n + 1)
         out: list[Anomaly] = []
         for k in np.nonzero(p <= 0.01)[0]:
-            w = batch.windows[idx[k]]
+            w = batch.windows[int(idx[k])]
             z = (x[k] - self.mean_) / self.std_
             order = np.argsort(-np.abs(z))[:3]
             total = float(np.abs(z[order]).sum()) or 1.0
@@ -198,7 +219,7 @@ class MultivariateModel:
                     model=self.name,
                     feature="isolation_score",
                     observed=round(float(s[k]), 4),
-                    expected=round(float(np.median(self.train_scores_)), 4),
+                    expected=self._median_score,
                     p_value=float(p[k]),
                     baseline={
                         "description": f"IsolationForest over {n} training edge-windows",

@@ -22,11 +22,12 @@ from __future__ import annotations
 from typing import Any
 
 from detector.anomalies import Anomaly, Subject
-from detector.baselines.features import KUBE_APISERVER, WindowBatch, edge_key
+from detector.baselines.features import KUBE_APISERVER, WindowBatch
 from detector.flows import ANONYMOUS, OVERFLOW, EdgeWindow
 from detector.records import UNKNOWN
 
 _SKIP_CALLERS = frozenset({ANONYMOUS, OVERFLOW})
+_NONE: frozenset[str] = frozenset()
 
 
 class NoveltyModel:
@@ -87,7 +88,14 @@ class NoveltyModel:
         counting = self.windows_seen_ >= self.warmup_windows
         self.windows_seen_ += 1
         ts = batch.window_start
-        for caller, ws in batch.by_caller.items():
+        windows, keys, services = batch.windows, batch.keys, batch.services
+        known_services = self.services_
+        edges = self.edges_
+        routes_of = self.routes_
+        service_windows = self.service_windows_
+        counting_routes = 0  # edge windows of warmed-up services, and those with a new route
+        new_routes = 0
+        for caller, positions in batch.caller_positions.items():
             principal, cluster = caller.rsplit("|", 1)
             if principal in _SKIP_CALLERS:
                 continue
@@ -100,40 +108,47 @@ class NoveltyModel:
             clusters.add(cluster)
             dests = self.caller_dests_.setdefault(caller, set())
             new_edge = False
-            for w in ws:
-                svc = f"{w.dst_service}|{w.dst_namespace}|{w.dst_cluster}"
-                if svc not in dests and known_caller and svc in self.services_:
-                    new_edge = True
-                dests.add(svc)
-                self._learn_edge(w, svc, ts, counting)
+            for i in positions:
+                svc = services[i]
+                if svc not in dests:
+                    if known_caller and svc in known_services:
+                        new_edge = True
+                    dests.add(svc)
+                # the edge: windows seen, first and last window start
+                key = keys[i]
+                e = edges.get(key)
+                if e is None:
+                    edges[key] = [1, ts, ts]
+                else:
+                    e[0] += 1
+                    e[2] = ts
+                # routes of the service; new-route base rate once the service is warmed up
+                routes = windows[i].routes
+                known = routes_of.get(svc)
+                if known is None:
+                    known = routes_of[svc] = set()
+                history = service_windows.get(svc, 0)
+                service_windows[svc] = history + 1
+                if counting and history >= self.warmup_windows:
+                    counting_routes += 1
+                    if routes.keys() <= known:
+                        continue  # nothing new to remember either
+                    new_routes += 1
+                known.update(routes)
             if counting and new_edge:
                 self.new_edge_events_ += 1
-        for w in batch.windows:
-            self.services_.add(f"{w.dst_service}|{w.dst_namespace}|{w.dst_cluster}")
-
-    def _learn_edge(self, w: EdgeWindow, svc: str, ts: float, counting: bool) -> None:
-        key = edge_key(w)
-        e = self.edges_.get(key)
-        if e is None:
-            self.edges_[key] = [1, ts, ts]
-        else:
-            e[0] += 1
-            e[2] = ts
-        known = self.routes_.setdefault(svc, set())
-        history = self.service_windows_.get(svc, 0)
-        self.service_windows_[svc] = history + 1
-        if counting and history >= self.warmup_windows:
-            self.edge_windows_ += 1
-            if any(r not in known for r in w.routes):
-                self.new_route_events_ += 1
-        known.update(w.routes)
+        self.edge_windows_ += counting_routes
+        self.new_route_events_ += new_routes
+        known_services.update(services)
 
     # -- scoring -----------------------------------------------------------------------------
 
     def score(self, batch: WindowBatch) -> list[Anomaly]:
         out: list[Anomaly] = []
         ws0, we0 = batch.window_start, batch.window_end
-        for caller, ws in batch.by_caller.items():
+        windows, keys, services = batch.windows, batch.keys, batch.services
+        edges, routes_of, rare_windows = self.edges_, self.routes_, self.rare_windows
+        for caller, positions in batch.caller_positions.items():
             principal, cluster = caller.rsplit("|", 1)
             if principal in _SKIP_CALLERS:
                 continue
@@ -141,17 +156,27 @@ class NoveltyModel:
             if dests is None:
                 known_clusters = self.principal_clusters_.get(principal)
                 if known_clusters and cluster != UNKNOWN and cluster not in known_clusters:
+                    ws = [windows[i] for i in positions]
                     out.append(self._replay(principal, cluster, known_clusters, ws, ws0, we0))
                 continue  # a brand-new identity: a rollout until other models say otherwise
-            called_clusters = {d.rsplit("|", 1)[1] for d in dests}
             new: list[EdgeWindow] = []
-            for w in ws:
-                svc = f"{w.dst_service}|{w.dst_namespace}|{w.dst_cluster}"
+            for i in positions:
+                svc = services[i]
                 if svc in dests:
-                    self._score_known_edge(w, svc, ws0, we0, out)
+                    # the common case, inline: a frequent edge using routes known on its
+                    # service says nothing (``_score_known_edge`` makes the same tests first)
+                    e = edges.get(keys[i])
+                    if (
+                        e is not None
+                        and e[0] >= rare_windows
+                        and windows[i].routes.keys() <= routes_of.get(svc, _NONE)
+                    ):
+                        continue
+                    self._score_known_edge(windows[i], keys[i], svc, ws0, we0, out)
                 elif svc in self.services_:
-                    new.append(w)
+                    new.append(windows[i])
             if new:
+                called_clusters = {d.rsplit("|", 1)[1] for d in dests}
                 recent = self.recent_new_.setdefault(caller, {})
                 for key in [k for k, t in recent.items() if ws0 - t > self.memory_s]:
                     del recent[key]
@@ -287,10 +312,14 @@ class NoveltyModel:
         )
 
     def _score_known_edge(
-        self, w: EdgeWindow, svc: str, start: float, end: float, out: list[Anomaly]
+        self, w: EdgeWindow, key: str, svc: str, start: float, end: float, out: list[Anomaly]
     ) -> None:
-        key = edge_key(w)
         e = self.edges_.get(key)
+        rare = e is not None and e[0] < self.rare_windows and start - e[2] >= self.rare_gap_s
+        known = self.routes_.get(svc, set())
+        # the common case, every route known and the edge not a rare one: nothing to say
+        if not rare and w.routes.keys() <= known:
+            return
         subject = Subject(
             principal=w.src_principal,
             src_cluster=w.src_cluster,
@@ -299,7 +328,6 @@ class NoveltyModel:
             dst_cluster=w.dst_cluster,
         )
         if self.service_windows_.get(svc, 0) >= self.warmup_windows:
-            known = self.routes_.get(svc, set())
             new_routes = [r for r in w.routes if r not in known and not r.endswith("{other}")]
             if new_routes:
                 p = self.p_new_route ** min(len(new_routes), 3)
@@ -334,7 +362,7 @@ class NoveltyModel:
                         confidence=0.5,
                     )
                 )
-        if e is not None and e[0] < self.rare_windows and start - e[2] >= self.rare_gap_s:
+        if rare and e is not None:
             p = (e[0] + 1) / (self.windows_seen_ + 2)
             out.append(
                 Anomaly(

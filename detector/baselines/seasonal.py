@@ -21,6 +21,10 @@ Finding types: requests SURGE -> ``rate_surge`` (security) unless the edge is fa
 storms during an outage are ``availability``); bytes out SURGE -> ``exfiltration``; errors SURGE
 -> ``availability``; latency SURGE -> ``latency``; requests DROP -> ``traffic_drop``.
 Minimum effect sizes (``min_ratio``, ``min_excess``) keep tiny absolute changes quiet.
+
+Implementation: the per-edge state lives in rows of numpy arrays and a window time is learned
+and scored with array operations over all its edges; the results are those of a loop per edge,
+bit for bit (tested against that loop), and ``get_state()`` keeps its per-edge JSON layout.
 """
 
 from __future__ import annotations
@@ -37,39 +41,6 @@ from detector.flows import OVERFLOW, EdgeWindow
 
 REQ, ERR = 0, 1
 _SQRT2 = math.sqrt(2.0)
-
-
-class _Edge:
-    """Learned state of one edge."""
-
-    __slots__ = (
-        "alpha",
-        "alpha_at",
-        "b_in",
-        "b_out",
-        "born",
-        "born_sum",
-        "lat",
-        "learns",
-        "s",
-        "ss",
-        "tot",
-    )
-
-    def __init__(self, born: np.ndarray | None = None) -> None:
-        # learned windows per hour before the edge first appeared: they say nothing about it
-        self.born = np.zeros(24) if born is None else born.copy()
-        self.born_sum = float(self.born.sum())
-        # dispersion per feature, refreshed as the edge's history grows by a quarter
-        self.alpha: list[float | None] = [None, None]
-        self.alpha_at = 0
-        self.learns = 0
-        self.tot = [0.0, 0.0]  # running totals of requests and errors (mean without a sum)
-        self.s = np.zeros((2, 24))  # requests, errors per hour
-        self.ss = np.zeros((2, 24))
-        self.b_out = [0.0, 0.0, 0.0]  # n, sum, sumsq of log1p(bytes_out / request)
-        self.b_in = [0.0, 0.0, 0.0]
-        self.lat = [0.0, 0.0, 0.0]  # of log1p(p90 ms)
 
 
 def _moments(m: list[float], floor: float) -> tuple[float, float]:
@@ -103,7 +74,33 @@ def normal_sf(z: float) -> float:
     return 0.5 * math.erfc(z / _SQRT2)
 
 
+def _moments_v(m: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    """``_moments`` for rows of (n, sum, sumsq): the same operations, elementwise."""
+    n, s, ss = m[:, 0], m[:, 1], m[:, 2]
+    mean = s / n
+    var = np.maximum(ss / n - mean * mean, 0.0)
+    return mean, np.maximum(np.sqrt(var), floor)
+
+
+def _seq_sum(v: np.ndarray) -> float:
+    """Left-to-right float sum (what a Python ``+=`` loop gives, unlike numpy's pairwise sum)."""
+    return float(np.cumsum(v)[-1]) if len(v) else 0.0
+
+
+_GROW = 64  # initial capacity of the per-edge arrays; doubled as edges appear
+
+
 class SeasonalModel:
+    """See the module docstring.
+
+    Learned state is held per edge in rows of numpy arrays (``edges_`` maps an edge key to its
+    row), so one window time is learned and scored with a few array operations over all its
+    edges instead of a Python loop per edge. Every value is computed with the same IEEE
+    operations in the same order as a per-edge loop would (sums that must be sequential are
+    sequential; ``log1p``/``expm1`` come from ``math``, not numpy's vectorised approximations),
+    so results do not depend on how many edges share a window time.
+    """
+
     name = "seasonal"
 
     def __init__(
@@ -131,13 +128,74 @@ class SeasonalModel:
         self.global_share = global_share
         self.drop_min_expected = drop_min_expected
         self.accumulate_windows = accumulate_windows
-        self.recent_z_: dict[str, list[tuple[float, float]]] = {}  # edge -> recent bytes z
         self._horizon = 300.0
-        self.edges_: dict[str, _Edge] = {}
         self.n_h_ = np.zeros(24)  # learned windows per hour of day
         self._n_total = 0.0  # n_h_.sum(), kept as a float for the hot path
         self._profiles: dict[int, float] = {}
         self.g_h_ = np.zeros(24)  # mesh-wide requests per hour of day
+        self._version = 0  # learn() calls so far: what ``_memo`` holds is valid until the next
+        self._memo_batch: WindowBatch | None = None
+        self._memo_version = -1
+        self._memo_data: dict[str, Any] = {}
+        self._alloc(_GROW)
+
+    def _alloc(self, cap: int) -> None:
+        self.edges_: dict[str, int] = {}  # edge key -> row of the arrays below
+        self._keys: list[str] = []
+        a = max(1, self.accumulate_windows)
+        # learned windows per hour before the edge first appeared: they say nothing about it
+        self.born_ = np.zeros((cap, 24))
+        self.born_sum_ = np.zeros(cap)
+        self.s_ = np.zeros((cap, 2, 24))  # requests, errors per hour
+        self.ss_ = np.zeros((cap, 2, 24))
+        self.tot_ = np.zeros((cap, 2))  # running totals of requests and errors
+        self.b_out_ = np.zeros((cap, 3))  # n, sum, sumsq of log1p(bytes_out / request)
+        self.b_in_ = np.zeros((cap, 3))
+        self.lat_ = np.zeros((cap, 3))  # of log1p(p90 ms)
+        # dispersion per feature (NaN: to be computed), refreshed as the edge's history grows
+        # by a quarter; ``learns`` counts learned windows, ``alpha_at`` the count at the refresh
+        self.alpha_ = np.full((cap, 2), np.nan)
+        self.alpha_at_ = np.zeros(cap)
+        self.learns_ = np.zeros(cap)
+        # the edge's recent bytes-out z-scores (oldest first) and their window starts
+        self.rz_ = np.zeros((cap, a))
+        self.rt_ = np.zeros((cap, a))
+        self.rn_ = np.zeros(cap, dtype=np.intp)
+
+    def _grow(self) -> None:
+        cap = len(self.born_)
+        for name in (
+            "born_",
+            "born_sum_",
+            "s_",
+            "ss_",
+            "tot_",
+            "b_out_",
+            "b_in_",
+            "lat_",
+            "alpha_at_",
+            "learns_",
+            "rz_",
+            "rt_",
+            "rn_",
+        ):
+            old = getattr(self, name)
+            new = np.zeros((cap * 2, *old.shape[1:]), dtype=old.dtype)
+            new[:cap] = old
+            setattr(self, name, new)
+        alpha = np.full((cap * 2, 2), np.nan)
+        alpha[:cap] = self.alpha_
+        self.alpha_ = alpha
+
+    def _add_edge(self, key: str, born: np.ndarray) -> int:
+        i = len(self._keys)
+        if i == len(self.born_):
+            self._grow()
+        self.edges_[key] = i
+        self._keys.append(key)
+        self.born_[i] = born
+        self.born_sum_[i] = float(born.sum())
+        return i
 
     def get_params(self) -> dict[str, Any]:
         return {
@@ -157,35 +215,98 @@ class SeasonalModel:
             )
         }
 
+    # -- per-batch views ---------------------------------------------------------------------
+
+    def _memo(self, batch: WindowBatch) -> dict[str, Any]:
+        """What this model worked out about ``batch``, valid until it learns again."""
+        if self._memo_batch is not batch or self._memo_version != self._version:
+            self._memo_batch, self._memo_version, self._memo_data = batch, self._version, {}
+        return self._memo_data
+
+    def _rows(self, batch: WindowBatch) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in the batch of known, non-overflow edges, their rows in the arrays)."""
+        memo = self._memo(batch)
+        cached = memo.get("rows")
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
+        get = self.edges_.get
+        pos: list[int] = []
+        rows: list[int] = []
+        seen: list[int] = []  # every known edge of the batch, overflow included
+        for j, (w, key) in enumerate(zip(batch.windows, batch.keys, strict=True)):
+            i = get(key)
+            if i is not None:
+                seen.append(i)
+                if w.src_principal != OVERFLOW:
+                    pos.append(j)
+                    rows.append(i)
+        out = (np.asarray(pos, dtype=np.intp), np.asarray(rows, dtype=np.intp))
+        memo["rows"] = out
+        memo["seen"] = seen
+        return out
+
     # -- learning ----------------------------------------------------------------------------
 
     def learn(self, batch: WindowBatch) -> None:
         h = batch.hour
+        self._version += 1
         self.n_h_[h] += 1
         self._n_total += 1.0
         self._profiles.clear()
-        for w, key in zip(batch.windows, batch.keys, strict=True):
+        pos: list[int] = []
+        rows: list[int] = []
+        born: np.ndarray | None = None
+        get = self.edges_.get
+        for j, (w, key) in enumerate(zip(batch.windows, batch.keys, strict=True)):
             if w.src_principal == OVERFLOW:
                 continue
-            e = self.edges_.get(key)
-            if e is None:
-                e = self.edges_[key] = _Edge(self.n_h_ - 1.0 * (np.arange(24) == h))
-            x = float(w.total)
-            e.learns += 1
-            if e.learns >= 1.25 * e.alpha_at + 5:
-                e.alpha = [None, None]
-            e.tot[REQ] += x
-            e.tot[ERR] += w.errors
-            e.s[REQ, h] += x
-            e.ss[REQ, h] += x * x
-            e.s[ERR, h] += w.errors
-            e.ss[ERR, h] += w.errors * w.errors
-            if w.total:
-                _add(e.b_out, math.log1p(w.bytes_out / w.total))
-                _add(e.b_in, math.log1p(w.bytes_in / w.total))
-            if w.latency_p90_ms is not None:
-                _add(e.lat, math.log1p(w.latency_p90_ms))
-            self.g_h_[h] += x
+            i = get(key)
+            if i is None:
+                if born is None:
+                    born = self.n_h_ - 1.0 * (np.arange(24) == h)
+                i = self._add_edge(key, born)
+            pos.append(j)
+            rows.append(i)
+        if not rows:
+            return
+        if len(set(rows)) != len(rows):
+            # the same edge twice in one window time (not produced by the aggregator): learn
+            # the windows one at a time, as the array updates below assume distinct rows
+            for j, i in zip(pos, rows, strict=True):
+                self._learn_rows(batch, np.array([j]), np.array([i]), h)
+            return
+        self._learn_rows(batch, np.asarray(pos, dtype=np.intp), np.asarray(rows), h)
+
+    def _learn_rows(self, batch: WindowBatch, pos: np.ndarray, rows: np.ndarray, h: int) -> None:
+        x = batch.totals[pos]
+        err = batch.errors[pos]
+        learns = self.learns_[rows] + 1
+        self.learns_[rows] = learns
+        stale = rows[learns >= 1.25 * self.alpha_at_[rows] + 5]
+        self.alpha_[stale] = np.nan
+        self.tot_[rows, REQ] += x
+        self.tot_[rows, ERR] += err
+        self.s_[rows, REQ, h] += x
+        self.ss_[rows, REQ, h] += x * x
+        self.s_[rows, ERR, h] += err
+        self.ss_[rows, ERR, h] += err * err
+        m = batch.matrix
+        busy = x > 0
+        if busy.any():
+            b, p = rows[busy], pos[busy]
+            for acc, col in ((self.b_out_, 4), (self.b_in_, 5)):
+                v = m[p, col]  # log1p(bytes / request), as the feature matrix computed it
+                acc[b, 0] += 1
+                acc[b, 1] += v
+                acc[b, 2] += v * v
+        has_lat = batch.has_latency[pos]
+        if has_lat.any():
+            b, v = rows[has_lat], m[pos[has_lat], 7]  # log1p(p90 ms)
+            self.lat_[b, 0] += 1
+            self.lat_[b, 1] += v
+            self.lat_[b, 2] += v * v
+        # integer counts: the order of the additions cannot change the sum
+        self.g_h_[h] += float(x.sum())
 
     # -- expectations ------------------------------------------------------------------------
 
@@ -203,27 +324,52 @@ class SeasonalModel:
         self._profiles[h] = value
         return value
 
-    def expected(self, e: _Edge, f: int, h: int) -> tuple[float, float]:
-        """(mean, dispersion alpha) of feature ``f`` for edge ``e`` at hour ``h``."""
-        total_n = self._n_total - e.born_sum  # only windows since the edge appeared
-        if total_n <= 0:
-            return 0.0, 1.0
-        mean_e = e.tot[f] / total_n
+    def expected(self, i: int, f: int, h: int) -> tuple[float, float]:
+        """(mean, dispersion alpha) of feature ``f`` for the edge in row ``i`` at hour ``h``."""
+        mu, alpha = self.expected_rows(np.array([i], dtype=np.intp), f, h)
+        return float(mu[0]), float(alpha[0])
+
+    def expected_rows(self, rows: np.ndarray, f: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+        """``expected`` for many edges at once: arrays of (mean, dispersion alpha)."""
+        total_n = self._n_total - self.born_sum_[rows]  # only windows since the edge appeared
+        live = total_n > 0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean_e = self.tot_[rows, f] / total_n
         k = self.prior_windows
-        n_hh = float(self.n_h_[h] - e.born[h])
-        mu = (float(e.s[f, h]) + k * mean_e * self._profile(h)) / (n_hh + k)
-        alpha = e.alpha[f]
-        if alpha is None:
-            e.alpha_at = e.learns
-            n_h = self.n_h_ - e.born
-            with np.errstate(divide="ignore", invalid="ignore"):
-                m = e.s[f] / n_h
-                var = e.ss[f] / n_h - m * m
-                alpha_cells = (var - m) / (m * m)
-            good = np.isfinite(alpha_cells) & (n_h >= 3) & (m > 0)
-            raw = float(np.median(alpha_cells[good])) if good.any() else 1.0
-            alpha = e.alpha[f] = min(max(raw, self.min_dispersion), 10.0)
+        n_hh = self.n_h_[h] - self.born_[rows, h]
+        mu = (self.s_[rows, f, h] + k * mean_e * self._profile(h)) / (n_hh + k)
+        alpha = self.alpha_[rows, f]
+        todo = live & np.isnan(alpha)
+        if todo.any():
+            alpha[todo] = self._dispersion(rows[todo], f)
+        if not live.all():
+            mu = np.where(live, mu, 0.0)
+            alpha = np.where(live, alpha, 1.0)
         return mu, alpha
+
+    def _dispersion(self, rows: np.ndarray, f: int) -> np.ndarray:
+        """Refresh the edges' dispersion of feature ``f`` from their own hour cells: the median
+        over hours with >= 3 windows of ``(var - mean) / mean^2``, within [min_dispersion, 10]
+        (1 without such hours)."""
+        self.alpha_at_[rows] = self.learns_[rows]
+        n_h = self.n_h_[None, :] - self.born_[rows]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            m = self.s_[rows, f] / n_h
+            var = self.ss_[rows, f] / n_h - m * m
+            cells = (var - m) / (m * m)
+        good = np.isfinite(cells) & (n_h >= 3) & (m > 0)
+        count = good.sum(axis=1)
+        # the median of each row's good cells: sort them first (the rest as +inf after them),
+        # then the mean of the two middle ones, as np.median does
+        srt = np.sort(np.where(good, cells, np.inf), axis=1)
+        r = np.arange(len(rows))
+        lo = srt[r, np.maximum(count - 1, 0) // 2]
+        hi = srt[r, np.minimum(count // 2, srt.shape[1] - 1)]
+        with np.errstate(invalid="ignore"):
+            raw = np.where(count > 0, (lo + hi) / 2, 1.0)
+        alpha = np.minimum(np.maximum(raw, self.min_dispersion), 10.0)
+        self.alpha_[rows, f] = alpha
+        return alpha
 
     def _shifted(self, g: float, moving: int, known: int) -> bool:
         return (g >= self.global_ratio or g <= 1 / self.global_ratio) and (
@@ -240,32 +386,35 @@ class SeasonalModel:
 
         Computed once per batch: the scorer asks for it before the models run (to set
         ``traffic_scale``) and ``score`` asks again."""
-        cached = batch._cache.get("global_factor")
-        if cached is not None:
-            return cached  # type: ignore[return-value]
-        result = self._global_factor(batch)
-        batch._cache["global_factor"] = result
-        return result
+        memo = self._memo(batch)
+        cached = memo.get("global_factor")
+        if cached is None:
+            cached = memo["global_factor"] = self._global_factor(batch)
+        return cached
+
+    def _requests_expected(self, batch: WindowBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Unscaled (mean, alpha) of requests for the batch's known edges (``_rows`` order)."""
+        memo = self._memo(batch)
+        cached = memo.get("req")
+        if cached is None:
+            _, rows = self._rows(batch)
+            cached = memo["req"] = self.expected_rows(rows, REQ, batch.hour)
+        return cached
 
     def _global_factor(self, batch: WindowBatch) -> tuple[float, int, int]:
-        h = batch.hour
-        obs = exp = 0.0
-        ratios = []
-        for w, key in zip(batch.windows, batch.keys, strict=True):
-            e = self.edges_.get(key)
-            if e is None or w.src_principal == OVERFLOW:
-                continue
-            mu, _ = self.expected(e, REQ, h)
-            if mu < 1.0:
-                continue
-            obs += w.total
-            exp += mu
-            ratios.append(w.total / mu)
-        if exp <= 0 or len(ratios) < self.global_min_edges:
-            return 1.0, 0, len(ratios)
-        g = obs / exp
-        moving = sum(1 for r in ratios if (r > 1.2 if g > 1 else r < 1 / 1.2))
-        return g, moving, len(ratios)
+        pos, _ = self._rows(batch)
+        mu, _ = self._requests_expected(batch)
+        use = mu >= 1.0
+        x = batch.totals[pos][use]
+        mu = mu[use]
+        known = len(mu)
+        exp = _seq_sum(mu)
+        if exp <= 0 or known < self.global_min_edges:
+            return 1.0, 0, known
+        g = float(x.sum()) / exp  # observed: integer counts, exact in any order
+        ratios = x / mu
+        moving = int(np.count_nonzero(ratios > 1.2 if g > 1 else ratios < 1 / 1.2))
+        return g, moving, known
 
     # -- scoring -----------------------------------------------------------------------------
 
@@ -299,17 +448,21 @@ class SeasonalModel:
                     confidence=min(1.0, moving / max(known, 1)),
                 )
             )
-        seen: set[str] = set()
-        for w, key in zip(batch.windows, batch.keys, strict=True):
-            seen.add(key)
-            e = self.edges_.get(key)
-            if e is None or w.src_principal == OVERFLOW:
-                continue
-            if e.b_out[0] < self.min_history_windows:
-                continue
-            self._score_edge(w, key, e, h, scale, start, end, out)
+        pos, rows = self._rows(batch)
+        mu_all, alpha_all = self._requests_expected(batch)
+        ready = self.b_out_[rows, 0] >= self.min_history_windows
+        if ready.any():
+            pos, rows, mu, alpha = pos[ready], rows[ready], mu_all[ready], alpha_all[ready]
+            if len(np.unique(rows)) == len(rows):
+                self._score_edges(batch, pos, rows, mu, alpha, scale, out)
+            else:
+                # the same edge twice in one window time (not produced by the aggregator): its
+                # recent bytes z must see the first window before the second, so one at a time
+                for k in range(len(rows)):
+                    one = slice(k, k + 1)
+                    self._score_edges(batch, pos[one], rows[one], mu[one], alpha[one], scale, out)
         if self.drop_min_expected > 0:
-            self._score_silent(seen, h, scale, start, end, out)
+            self._score_silent(batch, rows, h, scale, start, end, out)
         return out
 
     def _subject(self, w: EdgeWindow) -> Subject:
@@ -321,157 +474,225 @@ class SeasonalModel:
             dst_cluster=w.dst_cluster,
         )
 
-    def _score_edge(
+    def _recent_z(
+        self, rows: np.ndarray, z: np.ndarray, start: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Append this window's bytes z to each edge's recent ones (dropping those older than
+        the horizon, keeping the last ``accumulate_windows``); return (sum of the kept z in
+        order, as a left-to-right sum, and how many were kept) per edge."""
+        a = self.rz_.shape[1]
+        n = len(rows)
+        cols = np.arange(a + 1)
+        t = np.empty((n, a + 1))
+        zz = np.empty((n, a + 1))
+        t[:, :a], t[:, a] = self.rt_[rows], start
+        zz[:, :a], zz[:, a] = self.rz_[rows], z
+        have = self.rn_[rows]
+        valid = (cols[None, :a] < have[:, None]) & (start - t[:, :a] < self._horizon)
+        valid = np.concatenate([valid, np.ones((n, 1), dtype=bool)], axis=1)
+        rank = np.cumsum(valid, axis=1)  # 1-based rank among the valid entries
+        count = rank[:, -1]
+        drop = np.maximum(count - a, 0)
+        keep = valid & (rank > drop[:, None])
+        dest = rank - 1 - drop[:, None]
+        r_idx = np.broadcast_to(np.arange(n)[:, None], keep.shape)[keep]
+        new_t = np.zeros((n, a))
+        new_z = np.zeros((n, a))
+        new_t[r_idx, dest[keep]] = t[keep]
+        new_z[r_idx, dest[keep]] = zz[keep]
+        self.rt_[rows] = new_t
+        self.rz_[rows] = new_z
+        kept = np.minimum(count, a)
+        self.rn_[rows] = kept
+        z_sum = new_z[:, 0].copy()
+        for c in range(1, a):  # column by column: the left-to-right sum of each edge's list
+            z_sum += new_z[:, c]
+        return z_sum, kept
+
+    def _score_edges(
         self,
-        w: EdgeWindow,
-        key: str,
-        e: _Edge,
-        h: int,
+        batch: WindowBatch,
+        pos: np.ndarray,
+        rows: np.ndarray,
+        mu: np.ndarray,
+        alpha: np.ndarray,
         scale: float,
-        start: float,
-        end: float,
         out: list[Anomaly],
     ) -> None:
-        x = float(w.total)
-        mu, alpha = self.expected(e, REQ, h)
-        mu *= scale
+        h = batch.hour
+        start, end = batch.window_start, batch.window_end
+        x = batch.totals[pos]
+        err = batch.errors[pos]
+        mu = mu * scale
+        surge = x >= np.maximum(self.min_ratio * mu, mu + self.min_excess)
+        drop = ~surge & (mu >= self.drop_min_expected) & (x <= mu / 4)
+        mu_e, alpha_e = self.expected_rows(rows, ERR, h)
+        mu_e = mu_e * scale
+        err_surge = err >= np.maximum(self.min_ratio * mu_e, mu_e + self.min_excess)
+        # bytes out (exfiltration): log-normal around expected requests x bytes per request,
+        # scored per window and, since exfiltration lasts, over the edge's recent windows
+        # (Stouffer's z over the last ``accumulate_windows``): a sustained x20 is certain even
+        # where one heavy-tailed window is not.
+        observed = batch.bytes_out[pos]
+        mean, sd = _moments_v(self.b_out_[rows], 0.25)
+        per_req = np.array([math.expm1(v) for v in mean.tolist()])
+        mu1 = np.maximum(mu, 1.0)
+        expected = mu1 * per_req
+        # a few requests add Poisson noise in log space
+        sd_tot = np.sqrt(sd * sd + 1.0 / mu1)
+        log_obs = np.array([math.log1p(v) for v in observed.tolist()])
+        log_exp = np.array([math.log1p(v) for v in expected.tolist()])
+        z = (log_obs - log_exp) / sd_tot
+        z_sum, kept = self._recent_z(rows, z, start)
+        z_comb = z_sum / np.sqrt(kept)
+        exfil = (observed - expected >= self.min_bytes_excess) & (
+            observed >= self.min_ratio * expected
+        )
+        # latency p90 against the edge's own history
+        lat_ok = batch.has_latency[pos] & (self.lat_[rows, 0] >= self.min_history_windows)
+        lat_z = np.zeros(len(rows))
+        lat_mean = np.zeros(len(rows))
+        if lat_ok.any():
+            lm, lsd = _moments_v(self.lat_[rows[lat_ok]], 0.2)
+            lat_z[lat_ok] = (batch.matrix[pos[lat_ok], 7] - lm) / lsd
+            lat_mean[lat_ok] = lm
+        lat_hi = lat_ok & (lat_z > 3)
+        hits = np.nonzero(surge | drop | err_surge | exfil | lat_hi)[0]
+        if not len(hits):
+            return
         base = {
             "hour_utc": h,
             "windows_learned": int(self.n_h_.sum()),
             "windows_at_hour": int(self.n_h_[h]),
             "global_scale": round(scale, 3),
         }
-        failing = w.errors > 0.3 * max(x, 1)
-        if x >= max(self.min_ratio * mu, mu + self.min_excess):
-            p = nb_sf(x, mu, alpha)
-            out.append(
-                self._anomaly(
-                    "availability" if failing else "rate_surge",
-                    "SURGE",
-                    w,
-                    "requests",
-                    x,
-                    mu,
-                    p,
-                    {
-                        **base,
-                        "description": f"seasonal requests per window at {h:02d}:00 UTC",
-                        "dispersion": round(alpha, 3),
-                    },
-                    start,
-                    end,
-                )
-            )
-        elif mu >= self.drop_min_expected and x <= mu / 4:
-            p = nb_cdf(x, mu, alpha)
-            out.append(
-                self._anomaly(
-                    "traffic_drop",
-                    "DROP",
-                    w,
-                    "requests",
-                    x,
-                    mu,
-                    p,
-                    {**base, "description": f"seasonal requests per window at {h:02d}:00 UTC"},
-                    start,
-                    end,
-                )
-            )
-        # errors
-        err = float(w.errors)
-        mu_e, alpha_e = self.expected(e, ERR, h)
-        mu_e = mu_e * scale
-        if err >= max(self.min_ratio * mu_e, mu_e + self.min_excess):
-            out.append(
-                self._anomaly(
-                    "availability",
-                    "SURGE",
-                    w,
-                    "errors",
-                    err,
-                    mu_e,
-                    nb_sf(err, mu_e, alpha_e),
-                    {**base, "description": f"seasonal errors per window at {h:02d}:00 UTC"},
-                    start,
-                    end,
-                )
-            )
-        # bytes out (exfiltration) and in, around the expected requests x bytes per request
-        # bytes out (exfiltration): log-normal around expected requests x bytes per request,
-        # scored per window and, since exfiltration lasts, over the edge's recent windows
-        # (Stouffer's z over the last ``accumulate_windows``): a sustained x20 is certain even
-        # where one heavy-tailed window is not.
-        observed = float(w.bytes_out)
-        mean, sd = _moments(e.b_out, 0.25)
-        per_req = math.expm1(mean)
-        expected = max(mu, 1.0) * per_req
-        # a few requests add Poisson noise in log space
-        sd_tot = math.sqrt(sd * sd + 1.0 / max(mu, 1.0))
-        z = (math.log1p(observed) - math.log1p(expected)) / sd_tot
-        recent = [(t, zz) for t, zz in self.recent_z_.get(key, ()) if start - t < self._horizon]
-        recent.append((start, z))
-        self.recent_z_[key] = recent[-self.accumulate_windows :]
-        z_sum = sum(zz for _, zz in recent[-self.accumulate_windows :])
-        z_comb = z_sum / math.sqrt(len(recent[-self.accumulate_windows :]))
-        if observed - expected >= self.min_bytes_excess and observed >= self.min_ratio * expected:
-            n_recent = len(recent[-self.accumulate_windows :])
-            out.append(
-                self._anomaly(
-                    "exfiltration",
-                    "SURGE",
-                    w,
-                    "bytes_out",
-                    observed,
-                    expected,
-                    normal_sf(max(z, z_comb)),
-                    {
-                        **base,
-                        "description": "requests expected at this hour x bytes per request "
-                        f"({per_req:.0f} B, log-sd {sd:.2f}); evidence over the last "
-                        f"{n_recent} window(s) of this edge",
-                        "z_window": round(z, 2),
-                        "z_recent": round(z_comb, 2),
-                    },
-                    start,
-                    end,
-                )
-            )
-        # latency p90
-        if w.latency_p90_ms is not None and e.lat[0] >= self.min_history_windows:
-            mean, sd = _moments(e.lat, 0.2)
-            z = (math.log1p(w.latency_p90_ms) - mean) / sd
-            if z > 3 and w.latency_p90_ms > 2 * math.expm1(mean):
+        windows = batch.windows
+        for k in hits.tolist():
+            w = windows[int(pos[k])]
+            xk, muk, ak = float(x[k]), float(mu[k]), float(alpha[k])
+            if surge[k]:
+                failing = w.errors > 0.3 * max(xk, 1)
                 out.append(
                     self._anomaly(
-                        "latency",
+                        "availability" if failing else "rate_surge",
                         "SURGE",
                         w,
-                        "latency_p90_ms",
-                        w.latency_p90_ms,
-                        math.expm1(mean),
-                        normal_sf(z),
-                        {**base, "description": "p90 latency of this edge"},
+                        "requests",
+                        xk,
+                        muk,
+                        nb_sf(xk, muk, ak),
+                        {
+                            **base,
+                            "description": f"seasonal requests per window at {h:02d}:00 UTC",
+                            "dispersion": round(ak, 3),
+                        },
                         start,
                         end,
                     )
                 )
+            elif drop[k]:
+                out.append(
+                    self._anomaly(
+                        "traffic_drop",
+                        "DROP",
+                        w,
+                        "requests",
+                        xk,
+                        muk,
+                        nb_cdf(xk, muk, ak),
+                        {**base, "description": f"seasonal requests per window at {h:02d}:00 UTC"},
+                        start,
+                        end,
+                    )
+                )
+            if err_surge[k]:
+                ek, mek = float(err[k]), float(mu_e[k])
+                out.append(
+                    self._anomaly(
+                        "availability",
+                        "SURGE",
+                        w,
+                        "errors",
+                        ek,
+                        mek,
+                        nb_sf(ek, mek, float(alpha_e[k])),
+                        {**base, "description": f"seasonal errors per window at {h:02d}:00 UTC"},
+                        start,
+                        end,
+                    )
+                )
+            if exfil[k]:
+                zk, zc = float(z[k]), float(z_comb[k])
+                out.append(
+                    self._anomaly(
+                        "exfiltration",
+                        "SURGE",
+                        w,
+                        "bytes_out",
+                        float(observed[k]),
+                        float(expected[k]),
+                        normal_sf(max(zk, zc)),
+                        {
+                            **base,
+                            "description": "requests expected at this hour x bytes per request "
+                            f"({float(per_req[k]):.0f} B, log-sd {float(sd[k]):.2f}); evidence "
+                            f"over the last {int(kept[k])} window(s) of this edge",
+                            "z_window": round(zk, 2),
+                            "z_recent": round(zc, 2),
+                        },
+                        start,
+                        end,
+                    )
+                )
+            if lat_hi[k]:
+                p90 = w.latency_p90_ms
+                typical = math.expm1(float(lat_mean[k]))
+                if p90 is not None and p90 > 2 * typical:
+                    out.append(
+                        self._anomaly(
+                            "latency",
+                            "SURGE",
+                            w,
+                            "latency_p90_ms",
+                            p90,
+                            typical,
+                            normal_sf(float(lat_z[k])),
+                            {**base, "description": "p90 latency of this edge"},
+                            start,
+                            end,
+                        )
+                    )
 
     def _score_silent(
-        self, seen: set[str], h: int, scale: float, start: float, end: float, out: list[Anomaly]
+        self,
+        batch: WindowBatch,
+        rows: np.ndarray,
+        h: int,
+        scale: float,
+        start: float,
+        end: float,
+        out: list[Anomaly],
     ) -> None:
         """Busy edges that went silent: only edges expecting many requests can tell."""
         if self.n_h_[h] < 3:
             return
-        for key, e in self.edges_.items():
-            n_h = self.n_h_[h] - e.born[h]
-            if key in seen or n_h < 3 or e.s[REQ, h] / n_h < self.drop_min_expected:
-                continue
-            mu, alpha = self.expected(e, REQ, h)
-            mu *= scale
+        n = len(self._keys)
+        seen = np.zeros(n, dtype=bool)
+        self._rows(batch)
+        seen[self._memo(batch)["seen"]] = True
+        n_h = self.n_h_[h] - self.born_[:n, h]
+        busy = n_h >= 3
+        with np.errstate(divide="ignore", invalid="ignore"):
+            busy &= self.s_[:n, REQ, h] / n_h >= self.drop_min_expected
+        cand = np.nonzero(busy & ~seen)[0]
+        if not len(cand):
+            return
+        mu_c, alpha_c = self.expected_rows(cand, REQ, h)
+        mu_c = mu_c * scale
+        for i, mu, alpha in zip(cand.tolist(), mu_c.tolist(), alpha_c.tolist(), strict=True):
             if mu < self.drop_min_expected:
                 continue
-            caller, cl, ns, svc, dcl = key.split("|")
+            caller, cl, ns, svc, dcl = self._keys[i].split("|")
             out.append(
                 Anomaly(
                     finding_type="traffic_drop",
@@ -528,31 +749,60 @@ class SeasonalModel:
 
     # -- state -------------------------------------------------------------------------------
 
+    @property
+    def recent_z_(self) -> dict[str, list[tuple[float, float]]]:
+        """Edge key -> its recent (window start, bytes z), oldest first."""
+        out: dict[str, list[tuple[float, float]]] = {}
+        for key, i in self.edges_.items():
+            n = int(self.rn_[i])
+            if n:
+                out[key] = list(
+                    zip(self.rt_[i, :n].tolist(), self.rz_[i, :n].tolist(), strict=True)
+                )
+        return out
+
     def get_state(self) -> dict[str, Any]:
         return {
             "n_h": self.n_h_.tolist(),
             "recent_z": self.recent_z_,
             "g_h": self.g_h_.tolist(),
             "edges": {
-                k: [e.s.tolist(), e.ss.tolist(), e.b_out, e.b_in, e.lat, e.born.tolist()]
-                for k, e in self.edges_.items()
+                k: [
+                    self.s_[i].tolist(),
+                    self.ss_[i].tolist(),
+                    self.b_out_[i].tolist(),
+                    self.b_in_[i].tolist(),
+                    self.lat_[i].tolist(),
+                    self.born_[i].tolist(),
+                ]
+                for k, i in self.edges_.items()
             },
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.n_h_ = np.asarray(state["n_h"], dtype=np.float64)
-        self.recent_z_ = {k: [(t, z) for t, z in v] for k, v in state.get("recent_z", {}).items()}
         self.g_h_ = np.asarray(state["g_h"], dtype=np.float64)
         self._n_total = float(self.n_h_.sum())
         self._profiles = {}
-        self.edges_ = {}
-        for k, (s, ss, b_out, b_in, lat, born) in state["edges"].items():
-            e = _Edge(np.asarray(born, dtype=np.float64))
-            e.s = np.asarray(s, dtype=np.float64)
-            e.ss = np.asarray(ss, dtype=np.float64)
-            e.b_out, e.b_in, e.lat = list(b_out), list(b_in), list(lat)
-            e.tot = [float(e.s[REQ].sum()), float(e.s[ERR].sum())]
-            self.edges_[k] = e
+        self._version += 1
+        edges = state["edges"]
+        self._alloc(max(_GROW, len(edges)))
+        for k, (s, ss, b_out, b_in, lat, born) in edges.items():
+            i = self._add_edge(k, np.asarray(born, dtype=np.float64))
+            self.s_[i] = np.asarray(s, dtype=np.float64)
+            self.ss_[i] = np.asarray(ss, dtype=np.float64)
+            self.b_out_[i], self.b_in_[i], self.lat_[i] = b_out, b_in, lat
+            self.tot_[i] = [float(self.s_[i, REQ].sum()), float(self.s_[i, ERR].sum())]
+        a = self.rz_.shape[1]
+        for k, v in state.get("recent_z", {}).items():
+            row = self.edges_.get(k)
+            if row is None:
+                continue
+            i = row
+            pairs = [(float(t), float(z)) for t, z in v][-a:]
+            self.rn_[i] = len(pairs)
+            for j, (t, z) in enumerate(pairs):
+                self.rt_[i, j], self.rz_[i, j] = t, z
 
 
 __all__ = ["SeasonalModel", "edge_key", "nb_cdf", "nb_sf", "normal_sf"]
