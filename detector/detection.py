@@ -24,7 +24,9 @@ from detector.instrumentation import Metrics, count_labels, finding_labels
 from detector.scoring import AllowRule, Scorer, Thresholds
 from detector.tracing import tracer
 
-GLOBAL_SHIFT = "global_shift"  # the finding type of a mesh-wide change (``scoring``)
+
+def _callerless(subject: Subject) -> bool:
+    return subject.principal is None and subject.src_ip is None
 
 
 class FindingSink(Protocol):
@@ -84,7 +86,7 @@ class DetectionStage:
     ):
         self.scorer = scorer
         self.tracker = tracker
-        self.mesh_wide = True  # report mesh-wide shifts (see ``repartition``)
+        self.mesh_wide = True  # report callerless anomalies (see ``repartition``)
         self.sinks = list(sinks)
         self.responder = responder
         self.action_sinks = list(action_sinks)
@@ -141,9 +143,11 @@ class DetectionStage:
         """One window time: anomalies -> incidents' findings -> (actions)."""
         anomalies = self.scorer.process(batch)
         if not self.mesh_wide:
-            # Scale-out: one replica (the owner of the first internal partition) reports
-            # mesh-wide shifts, from its share of the edges; the others would repeat it.
-            anomalies = [a for a in anomalies if a.finding_type != GLOBAL_SHIFT]
+            # Scale-out: records are keyed by caller, so only caller-keyed anomalies are seen
+            # whole by one replica. Mesh-wide shifts and callee-only subjects (a service's
+            # latency or errors) are reported by one replica (the owner of the first internal
+            # partition), from its share of the callers; the others would repeat them.
+            anomalies = [a for a in anomalies if not _callerless(a.subject)]
         for a in anomalies:
             self.by_type[a.finding_type] = self.by_type.get(a.finding_type, 0) + 1
         found = self.tracker.observe(anomalies, now) + self.tracker.tick(now)

@@ -398,11 +398,14 @@ class EdgeOwnerPipeline(Pipeline):
             # its new owner reads it again from our commit; counting it here would double it.
             self.stale_dropped += len(batch.units)
             return
+        self._stream_wall[stream] = time.monotonic()
         units, offsets = self._take_clocks(batch)
         records: list[FlowRecord] = []
-        if units:
-            records = self.prepare_batch(replace(batch, units=units, offsets=offsets)) or []
-        records = self._dedupe(stream, records)
+        # Message by message: the duplicate check needs message boundaries (see ``_dedupe``).
+        # The records were resolved (and spans joined) by the ingest stage already.
+        for unit, off in zip(units, offsets, strict=False):
+            one = replace(batch, units=[unit], offsets=[off])
+            records.extend(self._dedupe(stream, self.decode_batch(one, resolve=False)))
         horizon = self._horizon.get(stream)
         if horizon is not None:
             kept = [r for r in records if r.ts >= horizon]
@@ -474,8 +477,9 @@ class EdgeOwnerPipeline(Pipeline):
         await super()._on_idle()
 
     def _elect_mesh_wide_reporter(self) -> None:
-        """The owner of internal partition 0 reports mesh-wide shifts (from its share of the
-        edges); every other replica keeps quiet about them, so one shift is one finding."""
+        """The owner of internal partition 0 reports what has no caller in its subject (mesh-wide
+        shifts, a service's latency or errors) from its share of the callers; every other
+        replica keeps quiet about them, so one such change is one finding."""
         reporter = any(stream_partition(s) == 0 for s in self._owned)
         for sink in self.sinks:
             if hasattr(sink, "mesh_wide"):
@@ -486,7 +490,8 @@ class EdgeOwnerPipeline(Pipeline):
         the committed offset. Within one internal partition the records of one input partition
         arrive in offset order; going back means "sent again". Several records of one unit
         (OTLP) share its offset; a unit never spans two messages (``_chunks``), so an equal
-        offset is kept only right after a record of the same unit in this batch."""
+        offset is kept only right after a record of the same unit in the same message:
+        ``records`` is one message."""
         hw = self._hw.setdefault(stream, {})
         prev: dict[str | None, int] = {}
         out: list[FlowRecord] = []
