@@ -22,8 +22,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -57,17 +59,23 @@ def replica_config(bootstrap: str, topic: str, tag: str) -> dict[str, Any]:
             "topic": f"bench-flows-{tag}",
             "partitions": 12,
             "group_id": f"bench-edges-{tag}",
+            "linger_ms": int(os.environ.get("BENCH_LINGER_MS", "200")),
         },
     }
 
 
-async def _replica(bootstrap: str, topic: str, tag: str) -> None:
+async def _replica(bootstrap: str, topic: str, tag: str, go: str) -> None:
     from detector.config import parse_config
     from detector.pipeline import CallbackSink
     from detector.runner import build_replica, run_replica
 
     cfg = parse_config(replica_config(bootstrap, topic, tag), "bench")
     replica = build_replica(cfg, sinks=[CallbackSink(lambda ws: None)])
+    # Start gate: every replica joins the groups at the same moment, so the first one does not
+    # drain the backlog alone while the others are still starting.
+    print(json.dumps({"t": time.time(), "records": 0, "gate": True}), flush=True)
+    while not Path(go).exists():
+        await asyncio.sleep(0.01)
     task = asyncio.create_task(run_replica(replica))
     while not task.done():
         # one progress line every 0.2 s: wall time, records aggregated by this edge owner
@@ -78,13 +86,18 @@ async def _replica(bootstrap: str, topic: str, tag: str) -> None:
 
 def run_replicas(k: int, bootstrap: str, topic: str, n: int, timeout_s: float) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
+    go = Path(tempfile.mkdtemp()) / "go"
     cmd = [sys.executable, __file__, "--replica", "--bootstrap", bootstrap, "--topic", topic]
     procs = [
         subprocess.Popen(
-            [*cmd, "--tag", tag], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            [*cmd, "--tag", tag, "--go", str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
         )
         for _ in range(k)
     ]
+    gated = [False] * k
     latest = [0] * k
     samples: list[tuple[float, int]] = []
     lock = threading.Lock()
@@ -97,6 +110,9 @@ def run_replicas(k: int, bootstrap: str, topic: str, n: int, timeout_s: float) -
             except ValueError:
                 continue
             with lock:
+                if d.get("gate"):
+                    gated[i] = True
+                    continue
                 latest[i] = d["records"]
                 samples.append((d["t"], sum(latest)))
 
@@ -106,6 +122,9 @@ def run_replicas(k: int, bootstrap: str, topic: str, n: int, timeout_s: float) -
     for t in threads:
         t.start()
     deadline = time.monotonic() + timeout_s
+    while not all(gated) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
     try:
         while time.monotonic() < deadline:
             with lock:
@@ -133,6 +152,7 @@ def run_replicas(k: int, bootstrap: str, topic: str, n: int, timeout_s: float) -
         "rate": (hi_pt[1] - lo_count) / max(1e-9, hi_pt[0] - lo),
         "records": sum(latest),
         "seconds": hi_pt[0] - lo,
+        "shares": list(latest),
     }
 
 
@@ -146,9 +166,10 @@ def main() -> None:
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     ap.add_argument("--topic", help=argparse.SUPPRESS)
     ap.add_argument("--tag", help=argparse.SUPPRESS)
+    ap.add_argument("--go", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.replica:
-        asyncio.run(_replica(args.bootstrap, args.topic, args.tag))
+        asyncio.run(_replica(args.bootstrap, args.topic, args.tag, args.go))
         return
 
     with bench_kafka.broker(None) as bootstrap:
@@ -167,7 +188,8 @@ def main() -> None:
             rates[k] = r["rate"]
             print(
                 f"{k} replica(s): {r['rate']:>9,.0f} events/s through ingest -> internal topic -> "
-                f"edge owner -> aggregation ({r['records']:,} aggregated"
+                f"edge owner -> aggregation ({r['records']:,} aggregated, per replica "
+                f"{r.get('shares')}"
                 f"{', ' + r['note'] if 'note' in r else ''})"
             )
         if 1 in rates and 2 in rates and rates[1] > 0:

@@ -275,7 +275,7 @@ async def run_replica(
             from detector.remediation import approval_app
 
             base = approval_app(stage, approval_secret)  # type: ignore[arg-type]
-        server = await serve(owner, *listen, base=base)
+        server = await serve(owner, *listen, base=base, more=(ingest,))
     await ingest.start()  # the internal topic exists before the edge owner subscribes to it
     ingest_task = asyncio.create_task(ingest.run(replica.ingest_sources))
     owner_task = asyncio.create_task(owner.run(replica.owner_sources))

@@ -23,27 +23,32 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from detector.pipeline import Pipeline
 
 
-def readiness(pipeline: Pipeline) -> list[str]:
-    """Why the service is not ready (empty: ready)."""
+def readiness(pipeline: Pipeline, *more: Pipeline) -> list[str]:
+    """Why the service is not ready (empty: ready). ``more``: other stages of the same process
+    (a scale-out replica's ingest stage), which must be running with sources assigned too."""
     reasons = []
-    if not pipeline.ready:
-        reasons.append("pipeline not running")
-    if not pipeline.streams_seen:
-        reasons.append("no source stream assigned yet")
+    for i, p in enumerate((pipeline, *more)):
+        what = "pipeline" if i == 0 else f"stage {type(p).__name__}"
+        if not p.ready:
+            reasons.append(f"{what} not running")
+        if not p.streams_seen:
+            reasons.append(f"{what}: no source stream assigned yet")
     for sink in pipeline.sinks:
         if getattr(sink, "failed", False):
             reasons.append(f"sink {type(sink).__name__} failing")
     return reasons
 
 
-def app(pipeline: Pipeline, base: web.Application | None = None) -> web.Application:
+def app(
+    pipeline: Pipeline, base: web.Application | None = None, more: tuple[Pipeline, ...] = ()
+) -> web.Application:
     """The endpoints, added to ``base`` when given (the approval callbacks' app)."""
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        reasons = readiness(pipeline)
+        reasons = readiness(pipeline, *more)
         if reasons:
             return web.Response(status=503, text="not ready: " + "; ".join(reasons) + "\n")
         return web.Response(text="ready\n")
@@ -71,9 +76,13 @@ class Server:
 
 
 async def serve(
-    pipeline: Pipeline, host: str, port: int, base: web.Application | None = None
+    pipeline: Pipeline,
+    host: str,
+    port: int,
+    base: web.Application | None = None,
+    more: tuple[Pipeline, ...] = (),
 ) -> Server:
-    runner = web.AppRunner(app(pipeline, base), access_log=None)
+    runner = web.AppRunner(app(pipeline, base, more), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
