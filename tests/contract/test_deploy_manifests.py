@@ -1,8 +1,11 @@
 """Contract of deploy/: the kustomize trees, the container build file, the collector example.
 
 * The kustomize trees are rendered here without the kustomize binary: a small loader reads each
-  kustomization.yaml (``resources``, ``images`` and strategic-merge ``patches`` of ConfigMaps,
-  the only features deploy/ uses; any other key fails the test rather than being skipped).
+  kustomization.yaml (``resources``, ``images``, strategic-merge ``patches`` of ConfigMaps and
+  ``$patch: delete`` patches, the only features deploy/ uses; any other key fails the test
+  rather than being skipped). Where ``kubectl`` is installed, its ``kubectl kustomize`` output
+  must equal the loader's (so the trees also build with the real kustomize, whose load
+  restrictor, for one, refuses files outside the kustomization's directory).
 * Every core object validates against the upstream Kubernetes 1.30 OpenAPI schemas
   (``kubernetes_validate``, strict); the ServiceMonitor (a CRD) is checked field by field.
 * Security: non-root, read-only root filesystem, no privilege escalation, ALL capabilities
@@ -22,6 +25,8 @@ import copy
 import functools
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +115,16 @@ def _render(directory: Path) -> list[dict[str, Any]]:
     for p in k.get("patches", []):
         assert set(p) == {"path"}, f"only file strategic-merge patches are supported: {p}"
         (patch,) = _load_all((directory / p["path"]).read_text())
-        assert patch["kind"] == "ConfigMap", "the loader's merge is exact for ConfigMaps only"
         hits = [i for i, o in enumerate(objs) if _ident(o) == _ident(patch)]
         assert len(hits) == 1, f"patch {p['path']} matches {len(hits)} objects"
+        if patch.get("$patch") == "delete":  # the whole object goes (any kind)
+            assert set(patch) == {"apiVersion", "kind", "metadata", "$patch"}, p["path"]
+            assert set(patch["metadata"]) <= {"name", "namespace"}, p["path"]
+            assert patch["apiVersion"] == objs[hits[0]]["apiVersion"], p["path"]
+            del objs[hits[0]]
+            continue
+        assert "$patch" not in patch, f"{p['path']}: only `$patch: delete` is implemented"
+        assert patch["kind"] == "ConfigMap", "the loader's merge is exact for ConfigMaps only"
         objs[hits[0]] = _merge(objs[hits[0]], patch)
     for img in k.get("images", []):
         for o in objs:
@@ -206,6 +218,20 @@ def test_overlay_renders_the_expected_objects(overlay: str) -> None:
         if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
             assert o["metadata"]["namespace"] == NAMESPACE, _ident(o)
     assert detector_container(objs)["image"] == "ghcr.io/example/mesh-detector:0.1.0"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_loader_renders_what_kubectl_kustomize_renders(overlay: str) -> None:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(KUSTOMIZE / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    real = sorted(_load_all(out.stdout), key=_ident)
+    assert real == sorted(rendered(overlay), key=_ident)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
