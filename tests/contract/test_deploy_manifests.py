@@ -565,9 +565,10 @@ def test_scale_out_runs_several_replicas_each_with_its_own_state_volume(
 
 
 def test_scale_out_pods_are_the_base_pods_but_for_the_state_volume() -> None:
-    dep = one(rendered("dry-run"), "Deployment")["spec"]["template"]
-    sts = one(rendered(SCALE_OUT), "StatefulSet")["spec"]["template"]
-    base_pod, pod = dep["spec"], sts["spec"]
+    base_tpl = one(rendered("dry-run"), "Deployment")["spec"]["template"]
+    tpl = one(rendered(SCALE_OUT), "StatefulSet")["spec"]["template"]
+    base_pod, pod = base_tpl["spec"], tpl["spec"]
+    assert tpl["metadata"] == base_tpl["metadata"]
     state = next(
         m["name"]
         for m in pod["containers"][0]["volumeMounts"]
@@ -578,12 +579,11 @@ def test_scale_out_pods_are_the_base_pods_but_for_the_state_volume() -> None:
     # spread over nodes, so that a node drain takes one replica
     (spread,) = pod.pop("topologySpreadConstraints")
     assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["maxSkew"] == 1
-    assert spread["labelSelector"]["matchLabels"].items() <= sts["metadata"]["labels"].items()
+    assert spread["labelSelector"]["matchLabels"].items() <= tpl["metadata"]["labels"].items()
     # dry run only: an approval link is answered by the replica that proposed the action
     (base_c,) = base_pod["containers"]
     base_c["env"] = [e for e in base_c["env"] if e["name"] != "DETECTOR_APPROVAL_SECRET"]
     assert pod == base_pod
-    assert sts["metadata"] == dep["metadata"]
 
 
 def test_scale_out_config_is_the_base_config_plus_scale_out(
