@@ -1,15 +1,22 @@
 """Contract of deploy/: the kustomize trees, the container build file, the collector example.
 
 * The kustomize trees are rendered here without the kustomize binary: a small loader reads each
-  kustomization.yaml (``resources``, ``images`` and strategic-merge ``patches`` of ConfigMaps,
-  the only features deploy/ uses; any other key fails the test rather than being skipped).
+  kustomization.yaml (``resources``, ``images``, strategic-merge ``patches`` of ConfigMaps and
+  ``$patch: delete`` patches, the only features deploy/ uses; any other key fails the test
+  rather than being skipped). Where ``kubectl`` is installed, its ``kubectl kustomize`` output
+  must equal the loader's (so the trees also build with the real kustomize, whose load
+  restrictor, for one, refuses files outside the kustomization's directory).
 * Every core object validates against the upstream Kubernetes 1.30 OpenAPI schemas
   (``kubernetes_validate``, strict); the ServiceMonitor (a CRD) is checked field by field.
 * Security: non-root, read-only root filesystem, no privilege escalation, ALL capabilities
   dropped, RuntimeDefault seccomp, probes on /healthz and /readyz; RBAC grants only the three
   policy kinds the playbooks render.
 * The ConfigMap's detector config passes the project's own loader (``detector.config``), with
-  the ``${env:...}`` secrets supplied as the Deployment would supply them from the Secret.
+  the ``${env:...}`` secrets supplied as the workload would supply them from the Secret.
+* The workload is the base's Deployment (one replica, one shared ReadWriteOnce claim) in
+  overlays/dry-run and overlays/enforce, and a StatefulSet in overlays/scale-out (several
+  replicas sharing the input through ``scale_out``, a state volume per pod from
+  ``volumeClaimTemplates``); every check runs for each overlay.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ import copy
 import functools
 import re
 import shlex
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +40,9 @@ from detector.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 KUSTOMIZE = DEPLOY / "kustomize"
-OVERLAYS = ["dry-run", "enforce"]
+OVERLAYS = ["dry-run", "enforce", "scale-out"]
+SCALE_OUT = "scale-out"
+WORKLOAD_KINDS = ("Deployment", "StatefulSet")
 K8S_VERSION = "1.30.0"
 NAMESPACE = "mesh-detector"
 SECRET_NAME = "detector-secrets"
@@ -44,7 +55,7 @@ POLICY_KINDS = {
 POLICY_VERBS = {"get", "list", "watch", "create", "patch", "delete"}
 CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 
-# test values for the secrets the Deployment takes from detector-secrets
+# test values for the secrets the workload takes from detector-secrets
 FAKE_ENV = {
     "KAFKA_SASL_PASSWORD": "kafka-pass",
     "SOC_WEBHOOK_SECRET": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
@@ -104,9 +115,16 @@ def _render(directory: Path) -> list[dict[str, Any]]:
     for p in k.get("patches", []):
         assert set(p) == {"path"}, f"only file strategic-merge patches are supported: {p}"
         (patch,) = _load_all((directory / p["path"]).read_text())
-        assert patch["kind"] == "ConfigMap", "the loader's merge is exact for ConfigMaps only"
         hits = [i for i, o in enumerate(objs) if _ident(o) == _ident(patch)]
         assert len(hits) == 1, f"patch {p['path']} matches {len(hits)} objects"
+        if patch.get("$patch") == "delete":  # the whole object goes (any kind)
+            assert set(patch) == {"apiVersion", "kind", "metadata", "$patch"}, p["path"]
+            assert set(patch["metadata"]) <= {"name", "namespace"}, p["path"]
+            assert patch["apiVersion"] == objs[hits[0]]["apiVersion"], p["path"]
+            del objs[hits[0]]
+            continue
+        assert "$patch" not in patch, f"{p['path']}: only `$patch: delete` is implemented"
+        assert patch["kind"] == "ConfigMap", "the loader's merge is exact for ConfigMaps only"
         objs[hits[0]] = _merge(objs[hits[0]], patch)
     for img in k.get("images", []):
         for o in objs:
@@ -136,8 +154,20 @@ def one(objs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def workload(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The detector's workload: the Deployment, or the StatefulSet of overlays/scale-out."""
+    found = [o for o in objs if o["kind"] in WORKLOAD_KINDS]
+    assert len(found) == 1, f"expected one workload, found {[_ident(o) for o in found]}"
+    return found[0]
+
+
+def pod_spec(objs: list[dict[str, Any]]) -> dict[str, Any]:
+    spec: dict[str, Any] = workload(objs)["spec"]["template"]["spec"]
+    return spec
+
+
 def detector_container(objs: list[dict[str, Any]]) -> dict[str, Any]:
-    containers = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    containers = pod_spec(objs)["containers"]
     assert [c["name"] for c in containers] == ["detector"]
     return containers[0]
 
@@ -159,29 +189,49 @@ def load_detector_config(
 # Rendering and schemas
 
 
+COMMON_KINDS = [
+    "Namespace",
+    "ServiceAccount",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ConfigMap",
+    "Service",
+    "PodDisruptionBudget",
+    "ServiceMonitor",
+]
+
+
+def expected_kinds(overlay: str) -> list[str]:
+    if overlay == SCALE_OUT:
+        # no Deployment and no shared claim: the StatefulSet's pods each get their own
+        return sorted([*COMMON_KINDS, "StatefulSet"])
+    return sorted([*COMMON_KINDS, "PersistentVolumeClaim", "Deployment"])
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_overlay_renders_the_expected_objects(overlay: str) -> None:
     objs = rendered(overlay)
     kinds = sorted(o["kind"] for o in objs)
-    assert kinds == sorted(
-        [
-            "Namespace",
-            "ServiceAccount",
-            "ClusterRole",
-            "ClusterRoleBinding",
-            "ConfigMap",
-            "PersistentVolumeClaim",
-            "Deployment",
-            "Service",
-            "PodDisruptionBudget",
-            "ServiceMonitor",
-        ]
-    )
+    assert kinds == expected_kinds(overlay)
     assert len({_ident(o) for o in objs}) == len(objs)
     for o in objs:
         if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
             assert o["metadata"]["namespace"] == NAMESPACE, _ident(o)
     assert detector_container(objs)["image"] == "ghcr.io/example/mesh-detector:0.1.0"
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_loader_renders_what_kubectl_kustomize_renders(overlay: str) -> None:
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(KUSTOMIZE / "overlays" / overlay)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    real = sorted(_load_all(out.stdout), key=_ident)
+    assert real == sorted(rendered(overlay), key=_ident)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -192,15 +242,24 @@ def test_core_objects_validate_strictly(overlay: str) -> None:
             continue
         kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
         checked += 1
-    assert checked == 9
+    assert checked == len(expected_kinds(overlay)) - len(CUSTOM_KINDS)
 
 
-def test_strict_validation_catches_a_misspelt_field() -> None:
-    deployment = one(rendered("dry-run"), "Deployment")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+@pytest.mark.parametrize("overlay", ["dry-run", SCALE_OUT])
+def test_strict_validation_catches_a_misspelt_field(overlay: str) -> None:
+    obj = workload(rendered(overlay))
+    kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    container = obj["spec"]["template"]["spec"]["containers"][0]
     container["securityContext"]["readOnlyRootFS"] = True
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_strict_validation_reaches_into_the_volume_claim_templates() -> None:
+    sts = one(rendered(SCALE_OUT), "StatefulSet")
+    sts["spec"]["volumeClaimTemplates"][0]["spec"]["accesMode"] = ["ReadWriteOnce"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(sts, K8S_VERSION, strict=True)
 
 
 def test_no_secret_is_committed() -> None:
@@ -216,7 +275,8 @@ def test_secret_keys_are_documented() -> None:
     readme = (DEPLOY / "README.md").read_text()
     keys = [
         e["valueFrom"]["secretKeyRef"]["key"]
-        for e in detector_container(rendered("enforce"))["env"]
+        for overlay in OVERLAYS
+        for e in detector_container(rendered(overlay))["env"]
         if "secretKeyRef" in e.get("valueFrom", {})
     ]
     assert keys
@@ -239,8 +299,10 @@ def _port(container: dict[str, Any], ref: int | str) -> int:
 def test_service_and_servicemonitor_reach_the_metrics_endpoint(overlay: str) -> None:
     objs = rendered(overlay)
     container = detector_container(objs)
-    pod_labels = one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    pod_labels = workload(objs)["spec"]["template"]["metadata"]["labels"]
     svc = one(objs, "Service")
+    if overlay == SCALE_OUT:  # the StatefulSet's governing Service exists
+        assert one(objs, "StatefulSet")["spec"]["serviceName"] == svc["metadata"]["name"]
     assert svc["spec"]["selector"].items() <= pod_labels.items()
     (svc_port,) = svc["spec"]["ports"]
     assert svc_port["port"] == 8080
@@ -261,8 +323,14 @@ def test_service_and_servicemonitor_reach_the_metrics_endpoint(overlay: str) -> 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pod_security_and_probes(overlay: str) -> None:
     objs = rendered(overlay)
-    dep = one(objs, "Deployment")
-    assert dep["spec"]["replicas"] == 1  # scale-out is not built
+    dep = workload(objs)
+    if dep["kind"] == "Deployment":
+        # one replica: the state claim is ReadWriteOnce and the SQLite outbox has one writer,
+        # so the old pod goes before the new one starts
+        assert dep["spec"]["replicas"] == 1
+        assert dep["spec"]["strategy"] == {"type": "Recreate"}
+    else:
+        assert dep["spec"]["replicas"] > 1  # overlays/scale-out; its own test has the rest
     pod = dep["spec"]["template"]["spec"]
     psc = pod["securityContext"]
     assert psc["runAsNonRoot"] is True
@@ -293,20 +361,35 @@ def test_volumes_cover_every_path_the_detector_writes(
     overlay: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     objs = rendered(overlay)
-    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    wl = workload(objs)
+    pod = wl["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
+    # a StatefulSet's volumeClaimTemplates are volumes of each pod too (its own claim)
+    templates = {t["metadata"]["name"]: t for t in wl["spec"].get("volumeClaimTemplates", [])}
+    assert not volumes.keys() & templates.keys()
     mounts = {m["mountPath"]: m for m in detector_container(objs)["volumeMounts"]}
+    for m in mounts.values():
+        assert m["name"] in volumes or m["name"] in templates, m
 
     config_vol = volumes[mounts["/etc/detector"]["name"]]
     assert config_vol["configMap"]["name"] == one(objs, "ConfigMap")["metadata"]["name"]
     assert mounts["/etc/detector"].get("readOnly") is True
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
-    state = volumes[mounts["/var/lib/detector"]["name"]]
-    assert "emptyDir" in state or "persistentVolumeClaim" in state
-    if "persistentVolumeClaim" in state:
-        claim = state["persistentVolumeClaim"]["claimName"]
-        pvcs = [o for o in objs if o["kind"] == "PersistentVolumeClaim"]
-        assert [p["metadata"]["name"] for p in pvcs] == [claim]
+    pvcs = [o for o in objs if o["kind"] == "PersistentVolumeClaim"]
+    state_name = mounts["/var/lib/detector"]["name"]
+    if state_name in templates:
+        # one claim per pod (state-detector-0, -1...): each replica's outbox and dead letters
+        assert wl["kind"] == "StatefulSet"
+        assert templates[state_name]["spec"]["accessModes"] == ["ReadWriteOnce"]
+        assert "storage" in templates[state_name]["spec"]["resources"]["requests"]
+        assert not pvcs  # and no claim shared between the replicas
+    else:
+        state = volumes[state_name]
+        assert "emptyDir" in state or "persistentVolumeClaim" in state
+        if "persistentVolumeClaim" in state:
+            assert wl["spec"]["replicas"] == 1  # a ReadWriteOnce claim, one SQLite writer
+            claim = state["persistentVolumeClaim"]["claimName"]
+            assert [p["metadata"]["name"] for p in pvcs] == [claim]
 
     writable = [p for p, m in mounts.items() if not m.get("readOnly")]
     _, cfg = load_detector_config(objs, tmp_path, monkeypatch)
@@ -356,8 +439,7 @@ def test_rbac_grants_only_the_three_policy_kinds(overlay: str) -> None:
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}
     ]
-    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
-    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    assert pod_spec(objs)["serviceAccountName"] == sa["metadata"]["name"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,7 +472,7 @@ def test_configmap_config_passes_the_project_loader(
     assert cfg.response.protected.self_namespace == NAMESPACE
     sa_name = one(objs, "ServiceAccount")["metadata"]["name"]
     assert cfg.response.protected.self_service_account == sa_name
-    if overlay == "dry-run":
+    if overlay in ("dry-run", SCALE_OUT):
         assert cfg.response.mode == "dry_run"
     else:
         assert cfg.response.mode == "approval"
@@ -435,6 +517,118 @@ def test_enforce_changes_only_the_response_mode(
 
 
 # ---------------------------------------------------------------------------------------------
+# Disruptions
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pdb_covers_the_pods_and_lets_one_go_at_a_time(overlay: str) -> None:
+    objs = rendered(overlay)
+    pdb = one(objs, "PodDisruptionBudget")["spec"]
+    # one replica: drains are allowed (the pod drains on SIGTERM, resumes from its offsets);
+    # scale-out: one replica at a time, its partitions rebalance to the others
+    assert pdb["maxUnavailable"] == 1 and "minAvailable" not in pdb
+    pod_labels = workload(objs)["spec"]["template"]["metadata"]["labels"]
+    assert pdb["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+# ---------------------------------------------------------------------------------------------
+# overlays/scale-out
+
+
+def test_scale_out_runs_several_replicas_each_with_its_own_state_volume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    objs = rendered(SCALE_OUT)
+    sts = one(objs, "StatefulSet")
+    spec = sts["spec"]
+    assert spec["replicas"] > 1
+    assert spec["podManagementPolicy"] == "Parallel"  # Kafka's groups order the work, not k8s
+    assert spec["updateStrategy"]["type"] == "RollingUpdate"
+    assert spec["updateStrategy"].get("rollingUpdate", {}).get("partition", 0) == 0
+    assert spec["selector"]["matchLabels"].items() <= spec["template"]["metadata"]["labels"].items()
+    # scaling down or deleting keeps each pod's claim: its outbox may hold undelivered webhooks
+    retention = spec.get("persistentVolumeClaimRetentionPolicy", {})
+    assert retention.get("whenScaled", "Retain") == "Retain"
+    assert retention.get("whenDeleted", "Retain") == "Retain"
+
+    (claim,) = spec["volumeClaimTemplates"]
+    mounts = {m["mountPath"]: m["name"] for m in detector_container(objs)["volumeMounts"]}
+    assert mounts["/var/lib/detector"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    # what only one replica may write lives on its own claim
+    _, cfg = load_detector_config(objs, tmp_path, monkeypatch)
+    d = cfg.detection
+    per_pod = [cfg.delivery.outbox_path, cfg.dead_letters.path, d.checkpoint_path, d.snapshot_dir]
+    for path in per_pod:
+        assert path is None or path.startswith("/var/lib/detector/"), path
+    assert not [o for o in objs if o["kind"] in ("Deployment", "PersistentVolumeClaim")]
+
+
+def test_scale_out_pods_are_the_base_pods_but_for_the_state_volume() -> None:
+    base_tpl = one(rendered("dry-run"), "Deployment")["spec"]["template"]
+    tpl = one(rendered(SCALE_OUT), "StatefulSet")["spec"]["template"]
+    base_pod, pod = base_tpl["spec"], tpl["spec"]
+    assert tpl["metadata"] == base_tpl["metadata"]
+    state = next(
+        m["name"]
+        for m in pod["containers"][0]["volumeMounts"]
+        if m["mountPath"] == "/var/lib/detector"
+    )
+    # the base's shared claim becomes the StatefulSet's per-pod claim template
+    base_pod["volumes"] = [v for v in base_pod["volumes"] if v["name"] != state]
+    # spread over nodes, so that a node drain takes one replica
+    (spread,) = pod.pop("topologySpreadConstraints")
+    assert spread["topologyKey"] == "kubernetes.io/hostname" and spread["maxSkew"] == 1
+    assert spread["labelSelector"]["matchLabels"].items() <= tpl["metadata"]["labels"].items()
+    # dry run only: an approval link is answered by the replica that proposed the action
+    (base_c,) = base_pod["containers"]
+    base_c["env"] = [e for e in base_c["env"] if e["name"] != "DETECTOR_APPROVAL_SECRET"]
+    assert pod == base_pod
+
+
+def test_scale_out_config_is_the_base_config_plus_scale_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    _, dry = load_detector_config(rendered("dry-run"), tmp_path / "a", monkeypatch)
+    _, cfg = load_detector_config(rendered(SCALE_OUT), tmp_path / "b", monkeypatch)
+    a, b = dry.model_dump(mode="json"), cfg.model_dump(mode="json")
+    assert a.pop("scale_out") is None and b.pop("scale_out") is not None
+    assert a == b
+
+    s = cfg.scale_out
+    assert s is not None
+    (src,) = cfg.sources
+    inputs = {t.name for t in src.topics}
+    # the internal and the state topic are the detector's own, never one of its inputs
+    assert s.state_topic_name != s.topic
+    assert not {s.topic, s.state_topic_name} & inputs
+    assert s.group_id != src.group_id  # ingest and edge owners are separate consumer groups
+    assert s.replication_factor == 3  # a real cluster: the state survives a broker
+    replicas = one(rendered(SCALE_OUT), "StatefulSet")["spec"]["replicas"]
+    assert s.partitions >= replicas  # every replica owns edges
+
+
+def test_scale_out_topics_acls_and_groups_are_documented(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (DEPLOY / "README.md").read_text()
+    _, cfg = load_detector_config(rendered(SCALE_OUT), tmp_path, monkeypatch)
+    s = cfg.scale_out
+    assert s is not None
+    for name in (s.topic, s.state_topic_name, s.group_id, cfg.sources[0].group_id):
+        assert f"`{name}`" in readme, f"{name} is not documented in deploy/README.md"
+    assert "kubectl apply -k deploy/kustomize/overlays/scale-out" in readme
+    for word in ("ACL", "cleanup.policy=compact"):
+        assert word in readme
+    # the stale "not built" notes are gone
+    stale = re.compile(r"scale-out\W+is\W+not\W+built|not\W+built.{0,40}scale", re.I | re.S)
+    for path in [DEPLOY / "README.md", *KUSTOMIZE.rglob("*.yaml")]:
+        assert not stale.search(path.read_text()), path
+
+
+# ---------------------------------------------------------------------------------------------
 # Containerfile and collector example
 
 
@@ -466,9 +660,9 @@ def test_containerfile_runs_as_non_root() -> None:
     assert cmd == ['["run", "-c", "/etc/detector/config.yaml"]']
     installs = [rest for word, rest in final if word == "RUN" and "pip install" in rest]
     assert installs and all("--no-index" in shlex.split(r) for r in installs)
-    # the Deployment's uid is the image's
-    pod = one(rendered("dry-run"), "Deployment")["spec"]["template"]["spec"]
-    assert pod["securityContext"]["runAsUser"] == int(user)
+    # every workload's uid is the image's
+    for overlay in OVERLAYS:
+        assert pod_spec(rendered(overlay))["securityContext"]["runAsUser"] == int(user)
 
 
 def test_otel_collector_exports_to_the_topics_the_detector_reads(

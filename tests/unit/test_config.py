@@ -110,7 +110,8 @@ def test_every_shipped_pipeline_and_readme_example_is_a_valid_config(
     monkeypatch.setenv("KAFKA_BOOTSTRAP", "kafka.example:9092")
     monkeypatch.setenv("SOC_WEBHOOK_SECRET", "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=")
     pipelines = sorted((root / "pipelines").glob("*.yaml"))
-    assert len(pipelines) >= 4
+    assert len(pipelines) >= 5
+    assert root / "pipelines" / "istio-kafka-scale-out.yaml" in pipelines
     for p in pipelines:
         load_config(p)
     readme = (root / "README.md").read_text()
@@ -119,3 +120,27 @@ def test_every_shipped_pipeline_and_readme_example_is_a_valid_config(
     for block in blocks:
         text = block if "sources:" in block else "sources: [{type: stdin}]\n" + block
         load_config(write(tmp_path, text))
+
+
+def test_scale_out_pipeline_is_istio_kafka_run_by_replicas(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipelines = Path(__file__).resolve().parents[2] / "pipelines"
+    for name in ("DETECTOR_STATE_DIR", "KAFKA_REPLICATION_FACTOR", "KAFKA_BOOTSTRAP"):
+        monkeypatch.delenv(name, raising=False)
+    single = load_config(pipelines / "istio-kafka.yaml")
+    scaled = load_config(pipelines / "istio-kafka-scale-out.yaml")
+    a, b = single.model_dump(mode="json"), scaled.model_dump(mode="json")
+    assert a.pop("scale_out") is None
+    so = b.pop("scale_out")
+    assert a == b  # the same pipeline, plus scale_out
+    (src,) = scaled.sources
+    assert so["topic"] not in {t.name for t in src.topics}
+    assert so["group_id"] != src.group_id
+    assert so["replication_factor"] == 3 and so["partitions"] > 1
+    # replicas on one host each get their own dead letters
+    monkeypatch.setenv("DETECTOR_STATE_DIR", str(tmp_path / "r1"))
+    monkeypatch.setenv("KAFKA_REPLICATION_FACTOR", "1")
+    r1 = load_config(pipelines / "istio-kafka-scale-out.yaml")
+    assert r1.dead_letters.path == str(tmp_path / "r1" / "dead-letters.jsonl")
+    assert r1.scale_out is not None and r1.scale_out.replication_factor == 1
