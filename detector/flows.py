@@ -19,6 +19,8 @@ Contract:
   never merged. Open state is bounded by ``max_open_edges`` (records of further new edges are
   folded into one ``overflow`` edge and counted), and idle edges leave the edge table after
   ``edge_idle_ttl_s`` of event time.
+* ``add_batch`` runs compiled when ``detector.fastpath.COMPILED`` (same windows, same stats);
+  the loop here is the reference and the pure-Python fallback. Record times are floats.
 * ``WindowAggregator.positions()`` says, per stream, the next offset that is safe to commit:
   every unit before it belongs to a closed window (or was late / bad and so fully processed).
 """
@@ -342,6 +344,11 @@ class WindowAggregator:
         self._closed_before = -math.inf  # windows starting before this are closed
         self._final_watermark = -math.inf  # the watermark never moves back (streams ending)
         self._edge_last_seen: dict[EdgeKey, float] = {}
+        # The compiled ``add_batch`` when built (imported here: it reads this module's names).
+        from detector import fastpath
+
+        self._kernel = fastpath.aggregate_kernel()
+        self._new_acc: type = fastpath.accumulator_type() or _Acc
 
     # -- watermark ---------------------------------------------------------------------------
 
@@ -401,6 +408,9 @@ class WindowAggregator:
         """
         if not records:
             return
+        if self._kernel is not None:
+            self._kernel(self, stream, records, first_offset)
+            return
         window_s = self.window_s
         closed_before = self._closed_before
         windows = self._windows
@@ -415,6 +425,7 @@ class WindowAggregator:
         tcache = self.routes._cache
         open_edges = self._open_edges
         max_open = self.max_open_edges - 1  # one slot kept for overflow
+        new_acc = self._new_acc
         # One UNPACK_SEQUENCE per record instead of a dozen attribute lookups; the field order
         # is FlowRecord._fields.
         for (
@@ -476,7 +487,7 @@ class WindowAggregator:
                     key = (OVERFLOW, OVERFLOW, "", OVERFLOW, OVERFLOW)
                     acc = cur_edges.get(key)
                 if acc is None:
-                    acc = cur_edges[key] = _Acc(ts)
+                    acc = cur_edges[key] = new_acc(ts)
                     open_edges += 1
             if kind == CONNECTION:
                 acc.connections += 1

@@ -32,7 +32,8 @@ Decoder = Callable[[bytes, "str | None", "int | None"], "list[FlowRecord]"]
 # take every format down, and ``detector --help`` stays fast.
 _REGISTRY: Final[dict[str, str]] = {
     "envoy_text": "detector.decoders.envoy:decode_text",
-    "envoy_json": "detector.decoders.envoy:decode_json",
+    # the compiled decoder when built (same records), else envoy.decode_json
+    "envoy_json": "detector.fastpath:decode_envoy_json",
     "linkerd": "detector.decoders.linkerd:decode",
     "hubble": "detector.decoders.hubble:decode",
     "k8s_audit": "detector.decoders.k8s_audit:decode",

@@ -1,0 +1,1008 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
+"""Compiled hot path (Cython): Envoy/Istio JSON access-log decoding and windowed aggregation.
+
+Optional: ``detector.fastpath`` imports it when it was built (``pip install -e .`` compiles it
+with the machine's C compiler) and ``DETECTOR_PURE_PYTHON`` is not set; the pure-Python modules
+stay the reference, and this module must behave exactly like them (tests compare both).
+
+Contract:
+* ``decode_envoy_json(data, source, offset)`` returns exactly what
+  ``detector.decoders.envoy.decode_json`` returns (or raises what it raises). It scans one JSON
+  object in C, keeping only the keys the decoder reads and turning only those values into Python
+  objects. It handles the common shape: one flat object whose values are ASCII strings without
+  escapes, integers of up to 18 digits, short decimals, ``true``/``false``/``null``. Any other
+  input (nesting, escapes, non-ASCII, exponents, less common keys, malformed JSON, odd value
+  types in the keys read) is handed whole to the pure-Python decoder, which decides.
+  Rare branches (auth classification, host parsing, timestamp parsing on a cache miss) call the
+  pure-Python helpers, so the mapping rules live in one place.
+* ``aggregate(agg, stream, records, first_offset)`` is ``WindowAggregator.add_batch`` for the
+  same aggregator state; ``Acc`` is the compiled edge-window accumulator it creates (same
+  attributes as ``detector.flows._Acc``).
+"""
+
+from cpython.object cimport PyObject, PyTypeObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
+from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE
+from libc.string cimport memcmp, memcpy
+from libc.stdint cimport uint64_t
+from libc.math cimport fmod, copysign
+
+cdef extern from "Python.h":
+    object PyUnicode_FromStringAndSize(const char *u, Py_ssize_t size)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    void* PyUnicode_DATA(object o)
+    int PyUnicode_IS_COMPACT_ASCII(object o)
+    double PyOS_string_to_double(const char *s, char **endptr, PyObject *overflow_exception) except? -1.0
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    static PyObject *fp_alloc_tuple(PyTypeObject *tp, Py_ssize_t n) {
+        return tp->tp_alloc(tp, n);
+    }
+    static void fp_set(PyObject *t, Py_ssize_t i, PyObject *o) {
+        Py_INCREF(o);
+        PyTuple_SET_ITEM(t, i, o);
+    }
+    #define FP_ONES 0x0101010101010101ULL
+    #define FP_HIGH 0x8080808080808080ULL
+    #define FP_ICACHE 2048
+    #define FP_IMAX 96
+    #define FP_MAXKEY 48
+    """
+    const uint64_t _ONES "FP_ONES"
+    const uint64_t _HIGH "FP_HIGH"
+    enum: _ICACHE "FP_ICACHE"
+    enum: _IMAX "FP_IMAX"
+    enum: _MAXKEY "FP_MAXKEY"
+    object fp_alloc_tuple(PyTypeObject *tp, Py_ssize_t n)
+    void fp_set(object t, Py_ssize_t i, object o)
+
+from detector.decoders import envoy as _envoy
+from detector.records import FlowRecord
+from detector.records import AUTH_FAILURE, CONNECTION, REQUEST, API_AUDIT
+from detector.records import OK, ERROR, DENIED, UNAUTHENTICATED, UNKNOWN
+
+# ---------------------------------------------------------------------------------------------
+# Shared state of the pure-Python decoder (the same dict objects: caches stay one cache)
+
+cdef dict _sec_cache = _envoy._sec_cache
+cdef dict _dest_cache = _envoy._dest_cache
+cdef dict _spiffe_ns_cache = _envoy._spiffe_ns_cache
+cdef dict _status_outcome = _envoy._STATUS_OUTCOME
+cdef object _py_decode_json = _envoy.decode_json
+cdef object _ts_of = _envoy._ts_of
+cdef object _dest = _envoy._dest
+cdef object _addr_port = _envoy._addr_port
+cdef object _principal_ns = _envoy._principal_ns
+cdef object _connection_outcome = _envoy._connection_outcome
+cdef object _classify_auth = _envoy.classify_auth
+cdef object _outcome_for_status = _envoy.outcome_for_status
+cdef object _ip_of = _envoy.ip_of
+cdef object _xff_peer = _envoy._xff_peer
+cdef object _xfcc_uri = _envoy._xfcc_uri
+cdef object _i = _envoy._i
+cdef object _f = _envoy._f
+cdef PyTypeObject* _record_type = <PyTypeObject*>FlowRecord
+if len(FlowRecord._fields) != 25:  # the record layout this module was written for
+    raise ImportError("detector._fastpath is out of date with FlowRecord; rebuild it")
+
+# ---------------------------------------------------------------------------------------------
+# Interned short strings: access-log values repeat (methods, clusters, hosts, principals), and a
+# string made once has its hash cached, which every later dict lookup reuses.
+
+cdef PyObject* _ic_obj[_ICACHE]
+cdef uint64_t _ic_hash[_ICACHE]
+
+
+cdef inline uint64_t _load8(const unsigned char* p) noexcept nogil:
+    cdef uint64_t x
+    memcpy(&x, p, 8)
+    return x
+
+
+cdef inline uint64_t _hash(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """A cheap 64-bit hash of ``p[:n]``, eight bytes at a time (cache slots, not security)."""
+    cdef uint64_t h = <uint64_t>n * 0x9E3779B97F4A7C15ULL, x = 0
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        h = (h ^ _load8(p + i)) * 0xFF51AFD7ED558CCDULL
+        h ^= h >> 29
+        i += 8
+    if i < n:
+        memcpy(&x, p + i, n - i)
+        h = (h ^ x) * 0xC4CEB9FE1A85EC53ULL
+        h ^= h >> 29
+    return h
+
+
+cdef object _str(const unsigned char* p, Py_ssize_t n):
+    """The ASCII bytes ``p[:n]`` as a str, interned in a small direct-mapped cache."""
+    if n > _IMAX:
+        return PyUnicode_FromStringAndSize(<const char*>p, n)
+    cdef uint64_t h = _hash(p, n)
+    cdef Py_ssize_t i = <Py_ssize_t>(h & (_ICACHE - 1))
+    cdef PyObject* o = _ic_obj[i]
+    if (
+        o != NULL
+        and _ic_hash[i] == h
+        and PyUnicode_GET_LENGTH(<object>o) == n
+        and memcmp(PyUnicode_DATA(<object>o), p, n) == 0
+    ):
+        return <object>o
+    s = PyUnicode_FromStringAndSize(<const char*>p, n)
+    Py_INCREF(s)
+    Py_XDECREF(o)
+    _ic_obj[i] = <PyObject*>s
+    _ic_hash[i] = h
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# The keys read. Every other key is skipped (its value only validated).
+
+cdef enum:
+    K_START_TIME = 0
+    K_TIMESTAMP
+    K_METHOD
+    K_PATH
+    K_PROTOCOL
+    K_FLAGS
+    K_DETAILS
+    K_TERM
+    K_UTFR
+    K_REQUEST_ID
+    K_AUTHORITY
+    K_UCLUSTER
+    K_DLOCAL
+    K_DREMOTE
+    K_SNI
+    K_PRINCIPAL
+    K_PEER_SAN
+    K_XFF
+    K_CODE
+    K_BIN
+    K_BOUT
+    K_DUR
+    K_LOCAL_SAN
+    K_XFCC
+    K_SRC_CLUSTER
+    K_SRC_NS
+    K_SRC_WL
+    K_DST_CLUSTER
+    K_DST_NS
+    K_DST_SVC_NS
+    K_DST_SVC_NAME
+    K_NSLOTS
+    K_RARE = 100  # a less common key the pure-Python decoder reads (``_extras``): hand over
+    K_OTHER = 101
+
+cdef enum:
+    V_ABSENT = 0
+    V_NULL
+    V_STR
+    V_INT
+    V_OTHER  # true, false, a decimal: only ever skipped
+
+_KEYS = [
+    (b"start_time", K_START_TIME),
+    (b"timestamp", K_TIMESTAMP),
+    (b"method", K_METHOD),
+    (b"path", K_PATH),
+    (b"protocol", K_PROTOCOL),
+    (b"response_flags", K_FLAGS),
+    (b"response_code_details", K_DETAILS),
+    (b"connection_termination_details", K_TERM),
+    (b"upstream_transport_failure_reason", K_UTFR),
+    (b"request_id", K_REQUEST_ID),
+    (b"authority", K_AUTHORITY),
+    (b"upstream_cluster", K_UCLUSTER),
+    (b"downstream_local_address", K_DLOCAL),
+    (b"downstream_remote_address", K_DREMOTE),
+    (b"requested_server_name", K_SNI),
+    (b"source_principal", K_PRINCIPAL),
+    (b"downstream_peer_uri_san", K_PEER_SAN),
+    (b"x_forwarded_for", K_XFF),
+    (b"response_code", K_CODE),
+    (b"bytes_received", K_BIN),
+    (b"bytes_sent", K_BOUT),
+    (b"duration", K_DUR),
+    (b"upstream_local_uri_san", K_LOCAL_SAN),
+    (b"x_forwarded_client_cert", K_XFCC),
+    (b"source_cluster", K_SRC_CLUSTER),
+    (b"source_namespace", K_SRC_NS),
+    (b"source_workload", K_SRC_WL),
+    (b"destination_cluster", K_DST_CLUSTER),
+    (b"destination_namespace", K_DST_NS),
+    (b"destination_service_namespace", K_DST_SVC_NS),
+    (b"destination_service_name", K_DST_SVC_NAME),
+]
+# ``_extras`` keys beyond the plain labels above; kept equal to the decoder's by a test.
+RARE_KEYS = frozenset(_envoy._EXTRA_KEYS - _envoy._SIMPLE_EXTRA_KEYS)
+_KEYS.extend((k.encode(), K_RARE) for k in sorted(RARE_KEYS))
+KNOWN_KEYS = frozenset(k.decode() for k, _ in _KEYS)
+
+cdef int _nkeys = len(_KEYS)
+cdef const char* _key_ptr[64]
+cdef Py_ssize_t _key_len[64]
+cdef int _key_slot[64]
+cdef uint64_t _key_head[64]  # the first (up to) 8 bytes, zero-padded: most keys differ there
+cdef int _by_len_start[_MAXKEY + 1]
+cdef int _by_len_end[_MAXKEY + 1]
+_KEYS.sort(key=lambda kv: len(kv[0]))
+_keep_alive = [k for k, _ in _KEYS]
+
+
+cdef inline uint64_t _head8(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t x = 0
+    memcpy(&x, p, n if n < 8 else 8)
+    return x
+
+
+cdef void _init_keys():
+    cdef int j, n
+    for n in range(_MAXKEY + 1):
+        _by_len_start[n] = 0
+        _by_len_end[n] = 0
+    for j in range(_nkeys):
+        k = _keep_alive[j]
+        _key_ptr[j] = PyBytes_AS_STRING(k)
+        _key_len[j] = PyBytes_GET_SIZE(k)
+        _key_slot[j] = _KEYS[j][1]
+        _key_head[j] = _head8(<const unsigned char*>_key_ptr[j], _key_len[j])
+        n = <int>_key_len[j]
+        if _by_len_end[n] == 0:
+            _by_len_start[n] = j
+        _by_len_end[n] = j + 1
+
+
+_init_keys()
+
+
+cdef inline int _slot_of(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    if n > _MAXKEY:
+        return K_OTHER
+    cdef int j
+    cdef uint64_t head = _head8(p, n)
+    for j in range(_by_len_start[n], _by_len_end[n]):
+        if _key_head[j] == head and (n <= 8 or memcmp(_key_ptr[j] + 8, p + 8, n - 8) == 0):
+            return _key_slot[j]
+    return K_OTHER
+
+
+# Byte classes inside a JSON string: 0 plain, 1 closing quote, 2 hand over (escape, control
+# character, non-ASCII: the pure-Python decoder decides about those).
+cdef unsigned char _strclass[256]
+
+
+cdef void _init_classes():
+    cdef int c
+    for c in range(256):
+        _strclass[c] = 2 if (c < 0x20 or c >= 0x80 or c == 0x5C) else 0
+    _strclass[0x22] = 1
+
+
+_init_classes()
+
+
+
+
+cdef inline bint _plain8(const unsigned char* p) noexcept nogil:
+    """True when none of the 8 bytes at ``p`` is a quote, a backslash, a control character or
+    non-ASCII (word-at-a-time test; a false alarm only sends the caller byte by byte)."""
+    cdef uint64_t x = _load8(p)
+    cdef uint64_t q = x ^ (_ONES * 0x22)
+    cdef uint64_t b = x ^ (_ONES * 0x5C)
+    return (
+        ((q - _ONES) & ~q) | ((b - _ONES) & ~b) | ((x - _ONES * 0x20) & ~x) | x
+    ) & _HIGH == 0
+
+
+cdef inline bint _ws(unsigned char c) noexcept nogil:
+    return c == 0x20 or c == 0x0A or c == 0x0D or c == 0x09
+
+
+cdef struct Scan:
+    int kind[K_NSLOTS]
+    Py_ssize_t start[K_NSLOTS]
+    Py_ssize_t length[K_NSLOTS]
+    long long ival[K_NSLOTS]
+
+
+cdef inline void memset_scan(Scan* s) noexcept nogil:
+    cdef int j
+    for j in range(K_NSLOTS):
+        s.kind[j] = V_ABSENT
+
+
+cdef bint _scan(const unsigned char* p, Py_ssize_t n, Scan* s) noexcept nogil:
+    """Fill ``s`` from one flat JSON object; False when the pure-Python decoder must decide."""
+    cdef Py_ssize_t i = 0, ks, kn, vs, digits
+    cdef int slot, kind
+    cdef unsigned char c, cls
+    cdef long long v
+    cdef bint neg
+    memset_scan(s)
+    while i < n and _ws(p[i]):
+        i += 1
+    if i >= n or p[i] != 0x7B:  # {
+        return False
+    i += 1
+    while i < n and _ws(p[i]):
+        i += 1
+    if i < n and p[i] == 0x7D:  # {}: no start_time, let the decoder say so
+        return False
+    while True:
+        # key
+        if i >= n or p[i] != 0x22:
+            return False
+        i += 1
+        ks = i
+        while True:
+            while i + 8 <= n and _plain8(p + i):
+                i += 8
+            if i >= n:
+                return False
+            cls = _strclass[p[i]]
+            if cls == 0:
+                i += 1
+            elif cls == 1:
+                break
+            else:
+                return False
+        kn = i - ks
+        i += 1
+        slot = _slot_of(p + ks, kn)
+        if slot == K_RARE:
+            return False
+        while i < n and _ws(p[i]):
+            i += 1
+        if i >= n or p[i] != 0x3A:  # :
+            return False
+        i += 1
+        while i < n and _ws(p[i]):
+            i += 1
+        if i >= n:
+            return False
+        # value
+        c = p[i]
+        if c == 0x22:
+            i += 1
+            vs = i
+            while True:
+                while i + 8 <= n and _plain8(p + i):
+                    i += 8
+                if i >= n:
+                    return False
+                cls = _strclass[p[i]]
+                if cls == 0:
+                    i += 1
+                elif cls == 1:
+                    break
+                else:
+                    return False
+            if slot < K_NSLOTS:
+                s.kind[slot] = V_STR
+                s.start[slot] = vs
+                s.length[slot] = i - vs
+            i += 1
+        elif c == 0x6E:  # null
+            if i + 4 > n or memcmp(p + i, b"null", 4) != 0:
+                return False
+            i += 4
+            if slot < K_NSLOTS:
+                s.kind[slot] = V_NULL
+        elif c == 0x74:  # true
+            if i + 4 > n or memcmp(p + i, b"true", 4) != 0:
+                return False
+            i += 4
+            if slot < K_NSLOTS:
+                s.kind[slot] = V_OTHER
+        elif c == 0x66:  # false
+            if i + 5 > n or memcmp(p + i, b"false", 5) != 0:
+                return False
+            i += 5
+            if slot < K_NSLOTS:
+                s.kind[slot] = V_OTHER
+        elif c == 0x2D or (0x30 <= c <= 0x39):
+            neg = c == 0x2D
+            if neg:
+                i += 1
+            if i >= n or not (0x30 <= p[i] <= 0x39):
+                return False
+            digits = 0
+            v = 0
+            if p[i] == 0x30:
+                i += 1
+                digits = 1
+            else:
+                while i < n and 0x30 <= p[i] <= 0x39:
+                    v = v * 10 + (p[i] - 0x30)
+                    digits += 1
+                    i += 1
+                    if digits > 18:
+                        return False
+            kind = V_INT
+            if i < n and p[i] == 0x2E:  # a decimal: skipped keys only
+                i += 1
+                if i >= n or not (0x30 <= p[i] <= 0x39):
+                    return False
+                while i < n and 0x30 <= p[i] <= 0x39:
+                    digits += 1
+                    i += 1
+                    if digits > 18:
+                        return False
+                kind = V_OTHER
+            if i < n and (p[i] == 0x65 or p[i] == 0x45):  # exponent
+                return False
+            if slot < K_NSLOTS:
+                s.kind[slot] = kind
+                s.ival[slot] = -v if neg else v
+        else:
+            return False  # nested object or array, or not JSON
+        while i < n and _ws(p[i]):
+            i += 1
+        if i >= n:
+            return False
+        if p[i] == 0x2C:  # ,
+            i += 1
+            while i < n and _ws(p[i]):
+                i += 1
+            continue
+        if p[i] == 0x7D:  # }
+            i += 1
+            break
+        return False
+    while i < n and _ws(p[i]):
+        i += 1
+    return i == n
+
+
+
+
+class _Handover(Exception):
+    """The pure-Python decoder must decide about this unit."""
+
+
+cdef inline object _sval(const unsigned char* p, Scan* s, int slot):
+    """A string-valued key as the decoder reads it: None for absent, null, ``-`` and ``""``."""
+    cdef int k = s.kind[slot]
+    cdef Py_ssize_t n
+    if k == V_STR:
+        n = s.length[slot]
+        if n == 0 or (n == 1 and p[s.start[slot]] == 0x2D):
+            return None
+        return _str(p + s.start[slot], n)
+    if k == V_ABSENT or k == V_NULL:
+        return None
+    raise _Handover()  # a number or boolean where a string is read: ``_s`` decides
+
+
+cdef inline object _ival(const unsigned char* p, Scan* s, int slot):
+    """An integer-valued key as ``from_mapping`` reads it (``_i`` for the unusual encodings)."""
+    cdef int k = s.kind[slot]
+    if k == V_INT:
+        if s.ival[slot] >= 0:
+            return s.ival[slot]
+        return None
+    if k == V_ABSENT or k == V_NULL:
+        return None
+    if k == V_STR:
+        return _i(PyUnicode_FromStringAndSize(<const char*>p + s.start[slot], s.length[slot]))
+    raise _Handover()
+
+
+cdef double _POW10[16]
+_POW10[0] = 1.0
+for _k in range(1, 16):
+    _POW10[_k] = _POW10[_k - 1] * 10.0
+
+
+cdef object _ts_fast(const unsigned char* p, Scan* s, int slot):
+    """``start_time`` as ``from_mapping`` reads it: the cached-second fast path, else ``_ts_of``."""
+    cdef int k = s.kind[slot]
+    cdef Py_ssize_t n = s.length[slot], j
+    cdef const unsigned char* t = p + s.start[slot]
+    cdef char buf[40]
+    cdef double frac
+    if k != V_STR:
+        raise _Handover()  # epoch numbers: rare, the decoder reads them
+    if n >= 22 and n - 21 <= 36 and t[19] == 0x2E and t[n - 1] == 0x5A:  # ".", "Z"
+        base = _sec_cache.get(_str(t, 19))
+        if base is not None:
+            for j in range(20, n - 1):
+                if not (0x30 <= t[j] <= 0x39):
+                    break
+            else:
+                if n - 21 <= 15:
+                    # digits / 10**k of two exact doubles: IEEE division rounds once, exactly
+                    # as float("0." + digits) does
+                    frac = 0.0
+                    for j in range(20, n - 1):
+                        frac = frac * 10.0 + (t[j] - 0x30)
+                    return PyFloat_AS_DOUBLE(base) + frac / _POW10[n - 21]
+                buf[0] = 0x30  # "0." + digits, read the way float() reads it
+                buf[1] = 0x2E
+                memcpy(buf + 2, t + 20, n - 21)
+                buf[n - 19] = 0
+                return base + PyOS_string_to_double(buf, NULL, NULL)
+    return _ts_of(PyUnicode_FromStringAndSize(<const char*>t, n))
+
+
+cdef object _make_record(
+    object ts, object kind, object principal, object src_cluster, object src_ns,
+    object src_workload, object src_ip, object dst_cluster, object dst_ns, object svc,
+    object port, object method, object route, object status, object outcome, object b_in,
+    object b_out, object dur, object request_id, object detail, object source, object offset,
+):
+    rec = fp_alloc_tuple(_record_type, 25)
+    cdef object none = None
+    fp_set(rec, 0, ts)
+    fp_set(rec, 1, kind)
+    fp_set(rec, 2, principal)
+    fp_set(rec, 3, src_cluster)
+    fp_set(rec, 4, src_ns)
+    fp_set(rec, 5, src_workload)
+    fp_set(rec, 6, src_ip)
+    fp_set(rec, 7, dst_cluster)
+    fp_set(rec, 8, dst_ns)
+    fp_set(rec, 9, svc)
+    fp_set(rec, 10, port)
+    fp_set(rec, 11, method)
+    fp_set(rec, 12, route)
+    fp_set(rec, 13, status)
+    fp_set(rec, 14, outcome)
+    fp_set(rec, 15, b_in)
+    fp_set(rec, 16, b_out)
+    fp_set(rec, 17, dur)
+    fp_set(rec, 18, none)
+    fp_set(rec, 19, none)
+    fp_set(rec, 20, none)
+    fp_set(rec, 21, request_id)
+    fp_set(rec, 22, detail)
+    fp_set(rec, 23, source)
+    fp_set(rec, 24, offset)
+    return rec
+
+
+def decode_envoy_json(data, source=None, offset=None):
+    """Exactly ``envoy.decode_json`` (see the module docstring)."""
+    if not PyBytes_CheckExact(data):
+        return _py_decode_json(data, source, offset)
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef Scan s
+    if not _scan(p, n, &s):
+        return _py_decode_json(data, source, offset)
+    try:
+        return [_record_of(p, &s, source, offset)]
+    except _Handover:
+        return _py_decode_json(data, source, offset)
+
+
+cdef object _record_of(const unsigned char* p, Scan* s, object source, object offset):
+    cdef int tslot = K_START_TIME
+    cdef Py_ssize_t j, n, colons, first_colon
+    cdef const unsigned char* q
+    if s.kind[K_START_TIME] == V_ABSENT or s.kind[K_START_TIME] == V_NULL:
+        tslot = K_TIMESTAMP
+        if s.kind[K_TIMESTAMP] == V_ABSENT or s.kind[K_TIMESTAMP] == V_NULL:
+            raise _Handover()  # not an access log: the decoder says so
+    ts = _ts_fast(p, s, tslot)
+    method = _sval(p, s, K_METHOD)
+    protocol = _sval(p, s, K_PROTOCOL)
+    flags = _sval(p, s, K_FLAGS)
+    details = _sval(p, s, K_DETAILS)
+    term = _sval(p, s, K_TERM)
+    utfr = _sval(p, s, K_UTFR)
+    authority = _sval(p, s, K_AUTHORITY)
+    upstream_cluster = _sval(p, s, K_UCLUSTER)
+    sni = _sval(p, s, K_SNI)
+    principal = _sval(p, s, K_PRINCIPAL)
+    peer_san = _sval(p, s, K_PEER_SAN)
+    # Values read only in some cases are checked for type here, made later if needed.
+    if s.kind[K_DLOCAL] > V_STR or s.kind[K_DREMOTE] > V_STR or s.kind[K_XFF] > V_STR:
+        raise _Handover()
+    if s.kind[K_PATH] > V_STR or s.kind[K_REQUEST_ID] > V_STR:
+        raise _Handover()
+    if principal is None:
+        principal = peer_san
+        if principal is None:
+            if (
+                s.kind[K_LOCAL_SAN] != V_ABSENT
+                and upstream_cluster is not None
+                and upstream_cluster.startswith("outbound|")
+            ):
+                principal = _sval(p, s, K_LOCAL_SAN)
+            if principal is None and s.kind[K_XFCC] != V_ABSENT:
+                principal = _xfcc_uri(_sval(p, s, K_XFCC))
+    status = _ival(p, s, K_CODE)
+    b_in = _ival(p, s, K_BIN)
+    b_out = _ival(p, s, K_BOUT)
+    k = s.kind[K_DUR]
+    if k == V_INT:
+        dur = <double>s.ival[K_DUR]
+    elif k == V_ABSENT or k == V_NULL:
+        dur = None
+    elif k == V_STR:
+        dur = _f(PyUnicode_FromStringAndSize(<const char*>p + s.start[K_DUR], s.length[K_DUR]))
+    else:
+        raise _Handover()
+    # -- _build
+    key = (upstream_cluster, sni, authority)
+    hit = _dest_cache.get(key)
+    if hit is None:
+        hit = _dest(upstream_cluster, sni, authority)
+    svc = (<tuple>hit)[0]
+    ns = (<tuple>hit)[1]
+    port = (<tuple>hit)[2]
+    if port is None:
+        port = _addr_port(_sval(p, s, K_DLOCAL))
+    detail = details if details is not None else term
+    if method is None and protocol is None:
+        outcome = _connection_outcome(flags, detail, utfr)
+        kind = CONNECTION
+    else:
+        if flags is None and (detail is None or detail == "via_upstream"):
+            outcome = _status_outcome.get(status)
+            if outcome is None:
+                outcome = _outcome_for_status(status)
+        else:
+            outcome = _classify_auth(status, flags, detail, utfr)
+        kind = REQUEST
+    if outcome == DENIED or outcome == UNAUTHENTICATED:
+        kind = AUTH_FAILURE
+    # src_ip: the IP of downstream_remote_address, else the nearest X-Forwarded-For hop
+    if s.kind[K_DREMOTE] == V_STR and s.length[K_DREMOTE] > 0 and not (
+        s.length[K_DREMOTE] == 1 and p[s.start[K_DREMOTE]] == 0x2D
+    ):
+        q = p + s.start[K_DREMOTE]
+        n = s.length[K_DREMOTE]
+        colons = 0
+        first_colon = -1
+        for j in range(n):
+            if q[j] == 0x3A:
+                colons += 1
+                if first_colon < 0:
+                    first_colon = j
+        if colons == 1 and q[0] != 0x5B:  # "a.b.c.d:port"
+            src_ip = (
+                PyUnicode_FromStringAndSize(<const char*>q, first_colon)
+                if first_colon > 0
+                else None
+            )
+        else:
+            src_ip = _ip_of(_str(q, n))
+    else:
+        src_ip = _xff_peer(_sval(p, s, K_XFF))
+    # route: the path up to its query string
+    route = None
+    if s.kind[K_PATH] == V_STR:
+        n = s.length[K_PATH]
+        q = p + s.start[K_PATH]
+        if n > 0 and not (n == 1 and q[0] == 0x2D):
+            for j in range(n):
+                if q[j] == 0x3F:  # ?
+                    n = j
+                    break
+            if n > 0:
+                route = PyUnicode_FromStringAndSize(<const char*>q, n)
+    if principal is not None:
+        src_ns = _spiffe_ns_cache.get(principal, _spiffe_ns_cache)
+        if src_ns is _spiffe_ns_cache:
+            src_ns = _principal_ns(principal)
+    else:
+        src_ns = None
+    request_id = None
+    if s.kind[K_REQUEST_ID] == V_STR:
+        n = s.length[K_REQUEST_ID]
+        if n > 0 and not (n == 1 and p[s.start[K_REQUEST_ID]] == 0x2D):
+            request_id = PyUnicode_FromStringAndSize(
+                <const char*>p + s.start[K_REQUEST_ID], n
+            )
+    # plain label keys, in ``_EXTRA_FIELDS`` order: the last one wins
+    src_cluster = None
+    src_workload = None
+    dst_cluster = None
+    if s.kind[K_SRC_CLUSTER] != V_ABSENT:
+        src_cluster = _sval(p, s, K_SRC_CLUSTER)
+    if s.kind[K_SRC_NS] != V_ABSENT:
+        v = _sval(p, s, K_SRC_NS)
+        if v is not None:
+            src_ns = v
+    if s.kind[K_SRC_WL] != V_ABSENT:
+        src_workload = _sval(p, s, K_SRC_WL)
+    if s.kind[K_DST_CLUSTER] != V_ABSENT:
+        dst_cluster = _sval(p, s, K_DST_CLUSTER)
+    if s.kind[K_DST_NS] != V_ABSENT:
+        v = _sval(p, s, K_DST_NS)
+        if v is not None:
+            ns = v
+    if s.kind[K_DST_SVC_NS] != V_ABSENT:
+        v = _sval(p, s, K_DST_SVC_NS)
+        if v is not None:
+            ns = v
+    if s.kind[K_DST_SVC_NAME] != V_ABSENT:
+        v = _sval(p, s, K_DST_SVC_NAME)
+        if v is not None:
+            svc = v
+    return _make_record(
+        ts,
+        kind,
+        principal,
+        src_cluster,
+        src_ns,
+        src_workload,
+        src_ip,
+        dst_cluster,
+        ns,
+        svc,
+        port,
+        method,
+        route,
+        status,
+        outcome,
+        b_in if b_in else 0,
+        b_out if b_out else 0,
+        dur,
+        request_id,
+        detail if detail is not None else flags,
+        source,
+        offset,
+    )
+
+
+
+def decode_envoy_json_units(list units, list offsets, stream, Py_ssize_t max_bytes, slow):
+    """Decode a batch of Envoy/Istio JSON units: ``(records, bad_units)``.
+
+    A unit the compiled decoder takes (bytes, at most ``max_bytes``, the common shape) becomes
+    its record here; any other unit goes to ``slow(unit, offset)``, the pipeline's own per-unit
+    path (full decoder, dead letters), which returns its records or None for a bad unit.
+    """
+    cdef list out = []
+    cdef Py_ssize_t bad = 0, i, n = min(len(units), len(offsets))
+    cdef Scan s
+    cdef const unsigned char* p
+    for i in range(n):
+        unit = units[i]
+        off = offsets[i]
+        if PyBytes_CheckExact(unit) and PyBytes_GET_SIZE(unit) <= max_bytes:
+            p = <const unsigned char*>PyBytes_AS_STRING(unit)
+            if _scan(p, PyBytes_GET_SIZE(unit), &s):
+                try:
+                    out.append(_record_of(p, &s, stream, off))
+                    continue
+                except _Handover:
+                    pass
+                except Exception:
+                    pass  # the per-unit path raises it again and dead-letters the unit
+        recs = slow(unit, off)
+        if recs is None:
+            bad += 1
+        else:
+            out.extend(recs)
+    return out, bad
+
+
+def resolve_records(list records, fill, static):
+    """``[r if r names both clusters and dst_namespace else fill(r, static) for r in records]``."""
+    cdef list out = []
+    cdef tuple t
+    for r in records:
+        if not PyTuple_Check(r) or PyTuple_GET_SIZE(r) != 25:
+            raise TypeError("resolve_records() takes FlowRecords")
+        t = <tuple>r
+        if t[3] is not None and t[7] is not None and t[8] is not None:
+            out.append(r)
+        else:
+            out.append(fill(r, static))
+    return out
+
+# ---------------------------------------------------------------------------------------------
+# Windowed aggregation (``WindowAggregator.add_batch``)
+
+from detector import flows as _flows
+
+cdef object _ANONYMOUS = _flows.ANONYMOUS
+cdef object _OTHER_ROUTE = _flows.OTHER_ROUTE
+cdef tuple _OVERFLOW_KEY = (_flows.OVERFLOW, _flows.OVERFLOW, "", _flows.OVERFLOW, _flows.OVERFLOW)
+cdef tuple _OTHER_ROUTE_KEY = (None, _flows.OTHER_ROUTE)
+cdef Py_ssize_t _MAX_DURATIONS = _flows.MAX_DURATIONS
+cdef Py_ssize_t _MAX_SRC_IPS = _flows.MAX_SRC_IPS
+cdef Py_ssize_t _MAX_ROUTES = _flows.MAX_ROUTES_PER_EDGE
+cdef double _NEG_INF = float("-inf")
+
+
+cdef class Acc:
+    """Mutable accumulator of one edge in one window (``detector.flows._Acc``, compiled)."""
+
+    cdef public long long requests, connections, api, ok, error, denied, unauthenticated
+    cdef public object bytes_in, bytes_out
+    cdef public list durations
+    cdef public dict routes
+    cdef public set src_ips
+    cdef public dict ip_failures
+    cdef public double first_ts, last_ts
+
+    def __init__(self, double ts):
+        self.requests = 0
+        self.connections = 0
+        self.api = 0
+        self.ok = 0
+        self.error = 0
+        self.denied = 0
+        self.unauthenticated = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.durations = []
+        self.routes = {}
+        self.src_ips = set()
+        self.ip_failures = {}
+        self.first_ts = ts
+        self.last_ts = ts
+
+
+cdef inline double _window_of(double ts, double ws) noexcept:
+    """``ts - ts % ws`` with Python's float modulo (the sign of the divisor)."""
+    cdef double r = fmod(ts, ws)
+    if r != 0.0:
+        if (ws < 0.0) != (r < 0.0):
+            r += ws
+    else:
+        r = copysign(0.0, ws)
+    return ts - r
+
+
+def aggregate(agg, str stream, list records, first_offset):
+    """``WindowAggregator.add_batch`` (see ``detector.flows``) over ``agg``'s own state."""
+    if not records:
+        return
+    cdef double window_s = agg.window_s
+    cdef double closed_before = agg._closed_before
+    cdef dict windows = agg._windows
+    cdef object route_templates = agg.routes
+    cdef object template = route_templates.template
+    cdef dict tcache = route_templates._cache
+    cdef dict wofs = agg._window_offsets
+    cdef dict last_seen = agg._edge_last_seen
+    cdef dict stream_max = agg._stream_max_ts
+    stats = agg.stats
+    max_ts_obj = stream_max.get(stream, _NEG_INF)
+    cdef double max_ts = max_ts_obj
+    cdef double cur_w = 0.0, w, ts
+    cdef bint have_w = False
+    cdef dict cur_edges = None
+    cdef dict per, routes, fails
+    cdef list durs
+    cdef set ips
+    cdef Py_ssize_t late = 0, overflow = 0
+    cdef Py_ssize_t open_edges = agg._open_edges
+    cdef Py_ssize_t max_open = agg.max_open_edges - 1  # one slot kept for overflow
+    cdef tuple t
+    cdef Acc acc
+    cdef bint track_offsets = first_offset is not None
+    for rec in records:
+        if not PyTuple_Check(rec) or PyTuple_GET_SIZE(rec) != 25:
+            raise TypeError("aggregate() takes FlowRecords")
+        t = <tuple>rec
+        ts_obj = t[0]
+        ts = ts_obj
+        w = _window_of(ts, window_s)
+        if w < closed_before:
+            late += 1
+            continue
+        if ts > max_ts:
+            max_ts = ts
+            max_ts_obj = ts_obj
+        if not have_w or w != cur_w:
+            have_w = True
+            cur_w = w
+            wkey = w
+            edges_w = windows.get(wkey)
+            if edges_w is None:
+                edges_w = {}
+                windows[wkey] = edges_w
+            cur_edges = <dict>edges_w
+            if track_offsets:
+                per_obj = wofs.get(wkey)
+                if per_obj is None:
+                    wofs[wkey] = {stream: first_offset}
+                else:
+                    per = <dict>per_obj
+                    if first_offset < per.get(stream, first_offset + 1):
+                        per[stream] = first_offset
+        principal = t[2]
+        if not principal:
+            src_workload = t[5]
+            principal = f"{t[4]}/{src_workload}" if src_workload else _ANONYMOUS
+        dst_svc = t[9]
+        key = (
+            principal,
+            t[3] or UNKNOWN,
+            t[8] or "",
+            dst_svc or UNKNOWN,
+            t[7] or UNKNOWN,
+        )
+        acc_obj = cur_edges.get(key)
+        if acc_obj is None:
+            if open_edges >= max_open:
+                overflow += 1
+                key = _OVERFLOW_KEY
+                acc_obj = cur_edges.get(key)
+            if acc_obj is None:
+                acc_obj = Acc(ts)
+                cur_edges[key] = acc_obj
+                open_edges += 1
+        acc = <Acc>acc_obj
+        kind = t[1]
+        if kind == CONNECTION:
+            acc.connections += 1
+        elif kind == API_AUDIT:
+            acc.api += 1
+        else:
+            acc.requests += 1
+        outcome = t[14]
+        ip = t[6]
+        if outcome == OK:
+            acc.ok += 1
+        elif outcome == ERROR:
+            acc.error += 1
+        elif outcome == DENIED or outcome == UNAUTHENTICATED:
+            if outcome == DENIED:
+                acc.denied += 1
+            else:
+                acc.unauthenticated += 1
+            if ip is not None:
+                fails = acc.ip_failures
+                n_obj = fails.get(ip)
+                if n_obj is not None:
+                    fails[ip] = n_obj + 1
+                elif len(fails) < _MAX_SRC_IPS:
+                    fails[ip] = 1
+        acc.bytes_in = acc.bytes_in + t[15]
+        acc.bytes_out = acc.bytes_out + t[16]
+        d = t[17]
+        if d is not None:
+            durs = acc.durations
+            if len(durs) < _MAX_DURATIONS:
+                durs.append(d)
+        route = t[12]
+        method = t[11]
+        if route is not None or method is not None:
+            if route is None:
+                tpl = None
+            else:
+                tpl = tcache.get((dst_svc, route))
+                if tpl is None:
+                    tpl = template(dst_svc, route)
+            rk = (method, tpl)
+            routes = acc.routes
+            n_obj = routes.get(rk)
+            if n_obj is not None:
+                routes[rk] = n_obj + 1
+            elif len(routes) < _MAX_ROUTES:
+                routes[rk] = 1
+            else:
+                routes[_OTHER_ROUTE_KEY] = routes.get(_OTHER_ROUTE_KEY, 0) + 1
+        if ip is not None:
+            ips = acc.src_ips
+            if len(ips) < _MAX_SRC_IPS:
+                ips.add(ip)
+        if ts < acc.first_ts:
+            acc.first_ts = ts
+        elif ts > acc.last_ts:
+            acc.last_ts = ts
+        last_seen[key] = ts_obj
+    agg._open_edges = open_edges
+    if overflow:
+        stats.overflow += overflow
+    stats.records += len(records) - late
+    if late:
+        stats.late += late
+        stats.late_by_stream[stream] = stats.late_by_stream.get(stream, 0) + late
+    if max_ts > _NEG_INF:
+        stream_max[stream] = max_ts_obj
+    agg._stream_idle.discard(stream)
