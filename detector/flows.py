@@ -324,7 +324,10 @@ class WindowAggregator:
         max_open_edges: int = 1_000_000,
         max_routes_per_service: int = 100,
         edge_idle_ttl_s: float = 86_400.0,
+        compiled: bool = True,
     ) -> None:
+        """``compiled=False`` keeps the pure-Python ``add_batch`` even when the compiled one
+        is built (the tests compare the two)."""
         if window_s <= 0:
             raise ValueError("window_s must be positive")
         self.window_s = float(window_s)
@@ -347,8 +350,8 @@ class WindowAggregator:
         # The compiled ``add_batch`` when built (imported here: it reads this module's names).
         from detector import fastpath
 
-        self._kernel = fastpath.aggregate_kernel()
-        self._new_acc: type = fastpath.accumulator_type() or _Acc
+        self._kernel = fastpath.aggregate_kernel() if compiled else None
+        self._new_acc: type = (fastpath.accumulator_type() if compiled else None) or _Acc
 
     # -- watermark ---------------------------------------------------------------------------
 
