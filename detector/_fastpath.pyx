@@ -34,6 +34,7 @@ cdef extern from "Python.h":
     Py_ssize_t PyUnicode_GET_LENGTH(object o)
     void* PyUnicode_DATA(object o)
     int PyUnicode_IS_COMPACT_ASCII(object o)
+    ctypedef unsigned char Py_UCS1
     double PyOS_string_to_double(const char *s, char **endptr, PyObject *overflow_exception) except? -1.0
 
 cdef extern from *:
@@ -62,7 +63,7 @@ cdef extern from *:
 
 from detector.decoders import envoy as _envoy
 from detector.records import FlowRecord
-from detector.records import AUTH_FAILURE, CONNECTION, REQUEST, API_AUDIT
+from detector.records import AUTH_FAILURE, CONNECTION, REQUEST, API_AUDIT, SPAN
 from detector.records import OK, ERROR, DENIED, UNAUTHENTICATED, UNKNOWN
 
 # ---------------------------------------------------------------------------------------------
@@ -804,16 +805,101 @@ def resolve_records(list records, fill, static):
 # ---------------------------------------------------------------------------------------------
 # Windowed aggregation (``WindowAggregator.add_batch``)
 
-from detector import flows as _flows
-
-cdef object _ANONYMOUS = _flows.ANONYMOUS
-cdef object _OTHER_ROUTE = _flows.OTHER_ROUTE
-cdef tuple _OVERFLOW_KEY = (_flows.OVERFLOW, _flows.OVERFLOW, "", _flows.OVERFLOW, _flows.OVERFLOW)
-cdef tuple _OTHER_ROUTE_KEY = (None, _flows.OTHER_ROUTE)
-cdef Py_ssize_t _MAX_DURATIONS = _flows.MAX_DURATIONS
-cdef Py_ssize_t _MAX_SRC_IPS = _flows.MAX_SRC_IPS
-cdef Py_ssize_t _MAX_ROUTES = _flows.MAX_ROUTES_PER_EDGE
+# Read from ``detector.flows`` on first use: that module imports this one (via fastpath).
+cdef object _flows = None
+cdef object _ANONYMOUS, _OTHER_ROUTE, _template_segment_py
+cdef tuple _OVERFLOW_KEY, _OTHER_ROUTE_KEY
+cdef Py_ssize_t _MAX_DURATIONS, _MAX_SRC_IPS, _MAX_ROUTES
 cdef double _NEG_INF = float("-inf")
+cdef str _ID = "{id}"
+
+
+cdef _init_flows():
+    global _flows, _ANONYMOUS, _OTHER_ROUTE, _OVERFLOW_KEY, _OTHER_ROUTE_KEY
+    global _MAX_DURATIONS, _MAX_SRC_IPS, _MAX_ROUTES, _template_segment_py
+    from detector import flows
+
+    _ANONYMOUS = flows.ANONYMOUS
+    _OTHER_ROUTE = flows.OTHER_ROUTE
+    _OVERFLOW_KEY = (flows.OVERFLOW, flows.OVERFLOW, "", flows.OVERFLOW, flows.OVERFLOW)
+    _OTHER_ROUTE_KEY = (None, flows.OTHER_ROUTE)
+    _MAX_DURATIONS = flows.MAX_DURATIONS
+    _MAX_SRC_IPS = flows.MAX_SRC_IPS
+    _MAX_ROUTES = flows.MAX_ROUTES_PER_EDGE
+    _template_segment_py = flows._template_segment
+    if flows._ID != _ID:
+        raise RuntimeError("detector._fastpath is out of date with detector.flows")
+    _flows = flows
+
+
+# ---------------------------------------------------------------------------------------------
+# Route templates (``flows.template_path``): ASCII segments are classified by C loops with the
+# same outcome as the str methods there; the regular expressions and any non-ASCII segment go
+# to ``flows._template_segment`` itself.
+
+cdef inline bint _is_hex(Py_UCS1 c) noexcept nogil:
+    return (0x30 <= c <= 0x39) or (0x61 <= c <= 0x66) or (0x41 <= c <= 0x46)
+
+
+cdef object _segment(str seg):
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(seg), j
+    cdef const Py_UCS1* d
+    cdef bint digits = True, alpha = True, hexa = True, at = False
+    cdef Py_UCS1 c
+    if not PyUnicode_IS_COMPACT_ASCII(seg):
+        return _template_segment_py(seg)
+    d = <const Py_UCS1*>PyUnicode_DATA(seg)
+    for j in range(n):
+        c = d[j]
+        if not (0x30 <= c <= 0x39):
+            digits = False
+        if not ((0x61 <= c <= 0x7A) or (0x41 <= c <= 0x5A)):
+            alpha = False
+        if not _is_hex(c):
+            hexa = False
+        if c == 0x40:
+            at = True
+    if n < 8:
+        # too short for the hex/token/UUID patterns: only digits and e-mail-like ids remain
+        return _ID if (n and digits) or at else seg
+    if digits:
+        return _ID
+    if n <= 64 and alpha:
+        return seg
+    if hexa:
+        return _ID  # >= 8 hex digits, at least one a digit
+    return _template_segment_py(seg)  # the patterns, "@", length: decided there
+
+
+def template_path(str path):
+    """``flows.template_path``, compiled (same templates for every path)."""
+    if _flows is None:
+        _init_flows()
+    cdef Py_ssize_t q = path.find("?")
+    if q >= 0:
+        path = path[:q]
+    if path.startswith("http://") or path.startswith("https://"):
+        # absolute-form request target (Linkerd writes these): keep only the path
+        slash = path.find("/", path.find("//") + 2)
+        path = path[slash:] if slash >= 0 else "/"
+    cdef list parts = path.split("/")
+    cdef Py_ssize_t i, n = min(len(parts), 16)
+    cdef list out = []
+    for i in range(n):
+        out.append(_segment(<str>parts[i]))
+    return "/".join(out)
+
+
+def has_spans(list records):
+    """``pipeline._has_spans``: any record a span half or carrying a parent span id."""
+    cdef tuple t
+    for r in records:
+        if not PyTuple_Check(r) or PyTuple_GET_SIZE(r) != 25:
+            raise TypeError("has_spans() takes FlowRecords")
+        t = <tuple>r
+        if t[1] == SPAN or t[20] is not None:
+            return True
+    return False
 
 
 cdef class Acc:
@@ -860,6 +946,8 @@ def aggregate(agg, str stream, list records, first_offset):
     """``WindowAggregator.add_batch`` (see ``detector.flows``) over ``agg``'s own state."""
     if not records:
         return
+    if _flows is None:
+        _init_flows()
     cdef double window_s = agg.window_s
     cdef double closed_before = agg._closed_before
     cdef dict windows = agg._windows

@@ -14,6 +14,8 @@ Contract:
   does not take to ``slow(unit, offset)`` (the pipeline's per-unit path: records or None).
 * ``resolve_records(records, fill, static)`` applies ``fill`` (``Resolver.resolve``) to the
   records that do not name both clusters and the destination namespace, compiled or not.
+* ``template_path`` is ``flows.template_path`` compiled, or None; ``has_spans(records)`` says
+  whether any record is a span half (or has a parent span id), compiled or not.
 * ``aggregate_kernel()`` is the compiled ``add_batch`` (``(agg, stream, records, first_offset)``)
   and ``accumulator_type()`` the accumulator class it creates, or None and ``flows._Acc``.
 * Both paths give identical records, windows and dead-letter reasons (tests/unit/test_fastpath.py
@@ -28,6 +30,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from detector.decoders.envoy import decode_json as _py_decode_json
+from detector.records import SPAN
 
 if TYPE_CHECKING:
     from detector.records import FlowRecord
@@ -80,6 +83,20 @@ def _resolve_records_py(
 resolve_records: Callable[
     [list[FlowRecord], Callable[[FlowRecord, Any], FlowRecord], Any], list[FlowRecord]
 ] = _compiled.resolve_records if _compiled is not None else _resolve_records_py
+
+
+template_path: Callable[[str], str] | None = (
+    _compiled.template_path if _compiled is not None else None
+)
+
+
+def _has_spans_py(records: list[FlowRecord]) -> bool:
+    return any(r.kind == SPAN or r.parent_span_id is not None for r in records)
+
+
+has_spans: Callable[[list[FlowRecord]], bool] = (
+    _compiled.has_spans if _compiled is not None else _has_spans_py
+)
 
 
 def aggregate_kernel() -> Callable[[Any, str, list[FlowRecord], int | None], None] | None:

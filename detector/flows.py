@@ -36,6 +36,7 @@ from typing import Final
 
 import numpy as np
 
+from detector import fastpath
 from detector.records import (
     API_AUDIT,
     AUTH_FAILURE,
@@ -179,8 +180,12 @@ def template_path(path: str) -> str:
 class RouteTemplates:
     """Path -> template, with a bound on distinct templates per service and a bounded cache."""
 
-    def __init__(self, max_per_service: int = 100, cache_size: int = 200_000) -> None:
+    def __init__(
+        self, max_per_service: int = 100, cache_size: int = 200_000, compiled: bool = True
+    ) -> None:
         self.max_per_service = max_per_service
+        # the compiled ``template_path`` when built (same templates), else the one above
+        self._template_path = (fastpath.template_path if compiled else None) or template_path
         self.cache_size = cache_size
         self._cache: dict[tuple[str | None, str], str] = {}
         self._per_service: dict[str | None, set[str]] = {}
@@ -194,7 +199,7 @@ class RouteTemplates:
             return self._cache[key]
         except KeyError:
             pass
-        tpl = template_path(path)
+        tpl = self._template_path(path)
         known = self._per_service.get(service)
         if known is None:
             known = self._per_service[service] = set()
@@ -334,7 +339,7 @@ class WindowAggregator:
         self.allowed_lateness_s = float(allowed_lateness_s)
         self.max_open_edges = max_open_edges
         self.edge_idle_ttl_s = edge_idle_ttl_s
-        self.routes = RouteTemplates(max_routes_per_service)
+        self.routes = RouteTemplates(max_routes_per_service, compiled=compiled)
         self.stats = AggregatorStats()
         # window start -> edge -> accumulator
         self._windows: dict[float, dict[EdgeKey, _Acc]] = {}
@@ -347,9 +352,6 @@ class WindowAggregator:
         self._closed_before = -math.inf  # windows starting before this are closed
         self._final_watermark = -math.inf  # the watermark never moves back (streams ending)
         self._edge_last_seen: dict[EdgeKey, float] = {}
-        # The compiled ``add_batch`` when built (imported here: it reads this module's names).
-        from detector import fastpath
-
         self._kernel = fastpath.aggregate_kernel() if compiled else None
         self._new_acc: type = (fastpath.accumulator_type() if compiled else None) or _Acc
 

@@ -34,7 +34,7 @@ from detector.decoders import Decoder, get_decoder
 from detector.errors import DecodeError, InfrastructureError, PartialDecode
 from detector.flows import EdgeWindow, Resolver, WindowAggregator
 from detector.instrumentation import Metrics
-from detector.records import SPAN, FlowRecord
+from detector.records import FlowRecord
 from detector.sources import Batch, Source, StaticAttrs
 
 
@@ -277,7 +277,7 @@ class Pipeline:
                 agg.register_stream(stream)
             return
         records = self.decode_batch(batch, resolve=False)
-        if records and (self.joiner is not None or _has_spans(records)):
+        if records and (self.joiner is not None or fastpath.has_spans(records)):
             # join before resolution: a half's missing cluster must not read "unknown" yet
             records = self._join(records)
         records = fastpath.resolve_records(records, self.resolver.resolve, batch.static)
@@ -460,10 +460,6 @@ class Pipeline:
         for src, per_stream in by_source.values():
             await src.commit(per_stream)
         self._last_commit = time.monotonic()
-
-
-def _has_spans(records: list[FlowRecord]) -> bool:
-    return any(r.kind == SPAN or r.parent_span_id is not None for r in records)
 
 
 def settings_from_config(cfg: Any) -> PipelineSettings:

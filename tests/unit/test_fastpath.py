@@ -476,3 +476,68 @@ def test_pure_python_switch_and_identical_core(tmp_path: Path) -> None:
     assert fast == {**pure, "compiled": fast["compiled"]}
     assert fast["bad"] and fast["late"] and fast["windows"]
     assert {"oversized", "not_json", "not_object", "bad_timestamp"} <= set(fast["bad"])
+
+
+# -- route templates and span detection ---------------------------------------------------------
+
+PATHS = [
+    "/",
+    "",
+    "/v1/customers/42?x=1",
+    "/v1/orders/4bf92f3577b34da6/items",
+    "/u/123e4567-e89b-12d3-a456-426614174000",
+    "/t/eyJhbGciOiJIUzI1NiJ9.abc123_-=xyz",
+    "/mail/someone@example.com",
+    "/a@b",
+    "/" + "x" * 65,
+    "/" + "ab1" * 30,
+    "/deadbeef/cafebabe/DEADBEEF1",
+    "/abcdefgh/abcdefg1/ABCDEFGHIJ",
+    "http://host:80/p/1",
+    "https://host",
+    "/\u00fcber/12345678/\u0661\u0662\u0663",
+    "/token_with_digit1234567\n",
+    "/x/1234567890123456\n",
+    "/" + "/".join(str(i) for i in range(30)),
+    "//double//slash/",
+]
+
+
+@needs_compiled
+@pytest.mark.parametrize("path", PATHS)
+def test_compiled_template_path_matches(path: str) -> None:
+    from detector.flows import template_path
+
+    assert compiled.template_path(path) == template_path(path)
+
+
+@needs_compiled
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=70),
+            st.text(alphabet="0123456789abcdefABCDEF-_=.@", max_size=40),
+            st.uuids().map(str),
+            st.integers(min_value=0).map(str),
+        ),
+        max_size=20,
+    ),
+    st.sampled_from(["", "?q=1", "http://h", "https://h:1"]),
+)
+def test_compiled_template_path_matches_generated(segments: list[str], extra: str) -> None:
+    from detector.flows import template_path
+
+    path = "/".join(segments)
+    for p in (path, extra + "/" + path, "/" + path + extra):
+        assert compiled.template_path(p) == template_path(p)
+
+
+@needs_compiled
+def test_compiled_has_spans_matches() -> None:
+    from detector.pipeline import fastpath as fp
+
+    plain = [FlowRecord(1.0), FlowRecord(2.0, kind="request")]
+    assert compiled.has_spans(plain) is False is fp._has_spans_py(plain)
+    for extra in (FlowRecord(3.0, kind="span"), FlowRecord(3.0, parent_span_id="ab")):
+        assert compiled.has_spans([*plain, extra]) is True is fp._has_spans_py([*plain, extra])
