@@ -807,7 +807,11 @@ def resolve_records(list records, fill, static):
 
 # Read from ``detector.flows`` on first use: that module imports this one (via fastpath).
 cdef object _flows = None
-cdef object _ANONYMOUS, _OTHER_ROUTE, _template_segment_py
+cdef object _ANONYMOUS, _OTHER_ROUTE, _template_segment_py, _quantiles_py, _route_name_py
+cdef object _EdgeWindow
+cdef dict _route_names
+cdef tuple _EW_FIELDS
+cdef Py_ssize_t _Q_SMALL
 cdef tuple _OVERFLOW_KEY, _OTHER_ROUTE_KEY
 cdef Py_ssize_t _MAX_DURATIONS, _MAX_SRC_IPS, _MAX_ROUTES
 cdef double _NEG_INF = float("-inf")
@@ -817,8 +821,18 @@ cdef str _ID = "{id}"
 cdef _init_flows():
     global _flows, _ANONYMOUS, _OTHER_ROUTE, _OVERFLOW_KEY, _OTHER_ROUTE_KEY
     global _MAX_DURATIONS, _MAX_SRC_IPS, _MAX_ROUTES, _template_segment_py
+    global _quantiles_py, _route_name_py, _EdgeWindow, _route_names, _EW_FIELDS, _Q_SMALL
+    import dataclasses
     from detector import flows
 
+    _quantiles_py = flows._quantiles
+    _route_name_py = flows._route_name
+    _route_names = flows._route_names
+    _EdgeWindow = flows.EdgeWindow
+    _EW_FIELDS = tuple(f.name for f in dataclasses.fields(flows.EdgeWindow))
+    if len(_EW_FIELDS) != 24:
+        raise RuntimeError("detector._fastpath is out of date with flows.EdgeWindow")
+    _Q_SMALL = flows._Q_SMALL
     _ANONYMOUS = flows.ANONYMOUS
     _OTHER_ROUTE = flows.OTHER_ROUTE
     _OVERFLOW_KEY = (flows.OVERFLOW, flows.OVERFLOW, "", flows.OVERFLOW, flows.OVERFLOW)
@@ -1094,3 +1108,84 @@ def aggregate(agg, str stream, list records, first_offset):
     if max_ts > _NEG_INF:
         stream_max[stream] = max_ts_obj
     agg._stream_idle.discard(stream)
+
+
+# ---------------------------------------------------------------------------------------------
+# Closing windows (``flows._materialise``)
+
+cdef extern from "Python.h":
+    int PyObject_GenericSetAttr(object o, object name, object value) except -1
+
+cdef double[3] _QS = [0.5, 0.9, 0.99]
+
+
+cdef object _quantiles(list durations):
+    """``flows._quantiles`` (numpy's linear quantiles, rounded to 3) for small float lists;
+    anything else (large, NaN/inf, not all floats) is computed there."""
+    cdef Py_ssize_t n = len(durations), j, last, lo
+    cdef double vi, a, b, t, diff, v
+    if n > _Q_SMALL:
+        return _quantiles_py(durations)
+    for j in range(n):
+        if not PyFloat_CheckExact(durations[j]):
+            return _quantiles_py(durations)
+    total = sum(durations)
+    if not (PyFloat_AS_DOUBLE(total) - PyFloat_AS_DOUBLE(total) == 0.0):  # NaN or inf
+        return _quantiles_py(durations)
+    cdef list xs = list(durations)
+    xs.sort()
+    last = n - 1
+    out = []
+    for j in range(3):
+        vi = <double>last * _QS[j]
+        if vi >= last:
+            v = PyFloat_AS_DOUBLE(xs[last])
+        else:
+            lo = <Py_ssize_t>vi  # floor: vi >= 0
+            a = PyFloat_AS_DOUBLE(xs[lo])
+            b = PyFloat_AS_DOUBLE(xs[lo + 1])
+            t = vi - <double>lo
+            diff = b - a
+            # numpy's _lerp: from the upper neighbour when t >= 0.5 (same rounding as numpy)
+            v = b - diff * (1.0 - t) if t >= 0.5 else a + diff * t
+        out.append(round(v, 3))
+    return out
+
+
+def materialise(double w, double ws, dict edges):
+    """``[flows._materialise(w, ws, key, acc) for key, acc in edges.items()]`` (compiled)."""
+    if _flows is None:
+        _init_flows()
+    cdef list out = []
+    cdef Acc acc
+    cdef dict routes
+    cdef tuple k
+    cdef tuple names = _EW_FIELDS
+    wo = w
+    we = w + ws
+    for key, acc_obj in edges.items():
+        k = <tuple>key
+        acc = <Acc?>acc_obj
+        p50 = p90 = p99 = None
+        if acc.durations:
+            q = _quantiles(acc.durations)
+            p50 = q[0]
+            p90 = q[1]
+            p99 = q[2]
+        routes = {}
+        for mt, cnt in acc.routes.items():
+            name = _route_names.get(mt)
+            if name is None:
+                name = _route_name_py(mt)
+            routes[name] = cnt
+        values = (
+            wo, we, k[0], k[1], k[2], k[3], k[4],
+            acc.requests, acc.connections, acc.api, acc.ok, acc.error, acc.denied,
+            acc.unauthenticated, acc.bytes_in, acc.bytes_out, p50, p90, p99,
+            routes, tuple(sorted(acc.src_ips)), acc.ip_failures, acc.first_ts, acc.last_ts,
+        )
+        ew = _EdgeWindow.__new__(_EdgeWindow)
+        for j in range(24):
+            PyObject_GenericSetAttr(ew, names[j], values[j])
+        out.append(ew)
+    return out

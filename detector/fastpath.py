@@ -17,7 +17,8 @@ Contract:
 * ``template_path`` is ``flows.template_path`` compiled, or None; ``has_spans(records)`` says
   whether any record is a span half (or has a parent span id), compiled or not.
 * ``aggregate_kernel()`` is the compiled ``add_batch`` (``(agg, stream, records, first_offset)``)
-  and ``accumulator_type()`` the accumulator class it creates, or None and ``flows._Acc``.
+  and ``accumulator_type()`` the accumulator class it creates, or None and ``flows._Acc``;
+  ``materialiser()`` turns a closed window's accumulators into ``EdgeWindow``s, or None.
 * Both paths give identical records, windows and dead-letter reasons (tests/unit/test_fastpath.py
   compares them); the pure-Python modules stay the reference for behaviour.
 """
@@ -102,6 +103,11 @@ has_spans: Callable[[list[FlowRecord]], bool] = (
 def aggregate_kernel() -> Callable[[Any, str, list[FlowRecord], int | None], None] | None:
     """The compiled ``WindowAggregator.add_batch``, or None on the pure-Python path."""
     return _compiled.aggregate if _compiled is not None else None
+
+
+def materialiser() -> Callable[[float, float, dict[Any, Any]], list[Any]] | None:
+    """The compiled ``[flows._materialise(w, ws, key, acc) for key, acc in edges.items()]``."""
+    return _compiled.materialise if _compiled is not None else None
 
 
 def accumulator_type() -> type | None:

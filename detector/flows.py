@@ -354,6 +354,7 @@ class WindowAggregator:
         self._edge_last_seen: dict[EdgeKey, float] = {}
         self._kernel = fastpath.aggregate_kernel() if compiled else None
         self._new_acc: type = (fastpath.accumulator_type() if compiled else None) or _Acc
+        self._materialise_all = fastpath.materialiser() if compiled else None
 
     # -- watermark ---------------------------------------------------------------------------
 
@@ -581,7 +582,10 @@ class WindowAggregator:
             edges = self._windows.pop(w)
             self._window_offsets.pop(w, None)
             self._open_edges -= len(edges)
-            out.extend(_materialise(w, ws, key, acc) for key, acc in edges.items())
+            if self._materialise_all is not None:
+                out.extend(self._materialise_all(w, ws, edges))
+            else:
+                out.extend(_materialise(w, ws, key, acc) for key, acc in edges.items())
             self.stats.windows_closed += 1
             self._closed_before = max(self._closed_before, w + ws)
         if watermark != math.inf and watermark > -math.inf:

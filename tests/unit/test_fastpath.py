@@ -372,6 +372,7 @@ def _run(compiled_path: bool, batches: list[list[FlowRecord]], max_edges: int) -
     if compiled_path:  # the compiled kernel itself, whatever DETECTOR_PURE_PYTHON says
         agg._kernel = compiled.aggregate
         agg._new_acc = compiled.Acc
+        agg._materialise_all = compiled.materialise
     emitted: list[Any] = []
     off = 0
     for i, batch in enumerate(batches):
