@@ -35,6 +35,7 @@ cdef extern from "Python.h":
     void* PyUnicode_DATA(object o)
     int PyUnicode_IS_COMPACT_ASCII(object o)
     ctypedef unsigned char Py_UCS1
+    void PyObject_GC_UnTrack(object o)
     double PyOS_string_to_double(const char *s, char **endptr, PyObject *overflow_exception) except? -1.0
 
 cdef extern from *:
@@ -565,6 +566,9 @@ cdef object _make_record(
     fp_set(rec, 22, detail)
     fp_set(rec, 23, source)
     fp_set(rec, 24, offset)
+    # Only strings, numbers and None inside: the record cannot be part of a cycle, so the cyclic
+    # collector need not visit it again and again while batches are in flight.
+    PyObject_GC_UnTrack(rec)
     return rec
 
 
