@@ -949,6 +949,28 @@ cdef class Acc:
         self.last_ts = ts
 
 
+cdef object _template_miss(object rt, tuple key, object service, str path):
+    """``RouteTemplates.template`` after its cache missed: the same bound per service, the same
+    cache and counter, with the compiled ``template_path``."""
+    tpl = template_path(path)
+    cdef dict per = rt._per_service
+    known = per.get(service)
+    if known is None:
+        known = set()
+        per[service] = known
+    if tpl not in <set>known:
+        if len(<set>known) >= rt.max_per_service:
+            rt.overflowed += 1
+            tpl = _OTHER_ROUTE
+        else:
+            (<set>known).add(tpl)
+    cdef dict cache = rt._cache
+    if len(cache) >= rt.cache_size:
+        cache.clear()  # cheap bound; hot paths refill it at once
+    cache[key] = tpl
+    return tpl
+
+
 cdef inline double _window_of(double ts, double ws) noexcept:
     """``ts - ts % ws`` with Python's float modulo (the sign of the divisor)."""
     cdef double r = fmod(ts, ws)
@@ -970,7 +992,6 @@ def aggregate(agg, str stream, list records, first_offset):
     cdef double closed_before = agg._closed_before
     cdef dict windows = agg._windows
     cdef object route_templates = agg.routes
-    cdef object template = route_templates.template
     cdef dict tcache = route_templates._cache
     cdef dict wofs = agg._window_offsets
     cdef dict last_seen = agg._edge_last_seen
@@ -1081,9 +1102,10 @@ def aggregate(agg, str stream, list records, first_offset):
             if route is None:
                 tpl = None
             else:
-                tpl = tcache.get((dst_svc, route))
+                tkey = (dst_svc, route)
+                tpl = tcache.get(tkey)
                 if tpl is None:
-                    tpl = template(dst_svc, route)
+                    tpl = _template_miss(route_templates, tkey, dst_svc, route)
             rk = (method, tpl)
             routes = acc.routes
             n_obj = routes.get(rk)

@@ -356,6 +356,8 @@ def _state(agg: WindowAggregator, emitted: list[Any]) -> Any:
         agg.open_edges,
         agg.edges_tracked,
         agg.routes.overflowed,
+        agg.routes._per_service,
+        agg.routes._cache,
         dict(agg._stream_max_ts),
         dict(agg._edge_last_seen),
     )
