@@ -15,6 +15,9 @@ Contract:
   types in the keys read) is handed whole to the pure-Python decoder, which decides.
   Rare branches (auth classification, host parsing, timestamp parsing on a cache miss) call the
   pure-Python helpers, so the mapping rules live in one place.
+* ``decode_envoy_text(data, source, offset)`` is exactly ``envoy.decode_text``: the Istio >= 1.9
+  text layout (the one tried first) is tokenised here; other layouts and unusual lines are
+  handed to the pure-Python decoder.
 * ``aggregate(agg, stream, records, first_offset)`` is ``WindowAggregator.add_batch`` for the
   same aggregator state; ``Acc`` is the compiled edge-window accumulator it creates (same
   attributes as ``detector.flows._Acc``).
@@ -63,6 +66,7 @@ cdef extern from *:
     void fp_set(object t, Py_ssize_t i, object o)
 
 from detector.decoders import envoy as _envoy
+from detector.errors import DecodeError
 from detector.records import FlowRecord
 from detector.records import AUTH_FAILURE, CONNECTION, REQUEST, API_AUDIT, SPAN
 from detector.records import OK, ERROR, DENIED, UNAUTHENTICATED, UNKNOWN
@@ -589,13 +593,19 @@ def decode_envoy_json(data, source=None, offset=None):
 
 cdef object _record_of(const unsigned char* p, Scan* s, object source, object offset):
     cdef int tslot = K_START_TIME
-    cdef Py_ssize_t j, n, colons, first_colon
-    cdef const unsigned char* q
     if s.kind[K_START_TIME] == V_ABSENT or s.kind[K_START_TIME] == V_NULL:
         tslot = K_TIMESTAMP
         if s.kind[K_TIMESTAMP] == V_ABSENT or s.kind[K_TIMESTAMP] == V_NULL:
             raise _Handover()  # not an access log: the decoder says so
-    ts = _ts_fast(p, s, tslot)
+    return _record_from(_ts_fast(p, s, tslot), p, s, source, offset)
+
+
+cdef object _record_from(
+    object ts, const unsigned char* p, Scan* s, object source, object offset
+):
+    """``from_mapping`` + ``_build`` on what the scan found (``ts`` already read)."""
+    cdef Py_ssize_t j, n, colons, first_colon
+    cdef const unsigned char* q
     method = _sval(p, s, K_METHOD)
     protocol = _sval(p, s, K_PROTOCOL)
     flags = _sval(p, s, K_FLAGS)
@@ -805,6 +815,267 @@ def resolve_records(list records, fill, static):
         else:
             out.append(fill(r, static))
     return out
+
+# ---------------------------------------------------------------------------------------------
+# Text access logs: the Istio >= 1.9 layout (``envoy._TEXT_LAYOUTS[0]``), the one tried first.
+# The line is read into the same slots as a JSON object; a line this does not take (another
+# layout, non-ASCII or control bytes, a user agent the lazy match would have to stretch) goes to
+# ``envoy.decode_text`` whole.
+
+cdef object _py_decode_text = _envoy.decode_text
+cdef object _parse_ts = _envoy.parse_ts
+cdef object _DecodeError = DecodeError
+
+
+cdef inline Py_ssize_t _until(
+    const unsigned char* p, Py_ssize_t i, Py_ssize_t n, unsigned char stop
+) noexcept nogil:
+    """Index of the first ``stop`` at or after ``i`` (``n`` if none)."""
+    while i < n and p[i] != stop:
+        i += 1
+    return i
+
+
+cdef inline void _put(Scan* s, int slot, Py_ssize_t start, Py_ssize_t end) noexcept nogil:
+    s.kind[slot] = V_STR
+    s.start[slot] = start
+    s.length[slot] = end - start
+
+
+cdef inline bint _put_num(
+    const unsigned char* p, Scan* s, int slot, Py_ssize_t start, Py_ssize_t end
+) noexcept nogil:
+    """``\\d+|-`` read as the text decoder's ``_ni``: digits (fewer than 19) are the int, the
+    rest None. False when the field is neither (the layout does not match)."""
+    cdef Py_ssize_t j
+    cdef long long v = 0
+    if end - start == 1 and p[start] == 0x2D:
+        s.kind[slot] = V_NULL
+        return True
+    if end == start:
+        return False
+    for j in range(start, end):
+        if not (0x30 <= p[j] <= 0x39):
+            return False
+        if end - start < 19:
+            v = v * 10 + (p[j] - 0x30)
+    if end - start < 19:
+        s.kind[slot] = V_INT
+        s.ival[slot] = v
+    else:
+        s.kind[slot] = V_NULL
+    return True
+
+
+cdef inline Py_ssize_t _word(
+    const unsigned char* p, Py_ssize_t i, Py_ssize_t n, bint no_quote
+) noexcept nogil:
+    """End of the run of non-spaces at ``i`` (``[^\\s"]+`` when ``no_quote``); -1 if empty
+    or a quote stops it."""
+    cdef Py_ssize_t j = i
+    while j < n and p[j] != 0x20:
+        if no_quote and p[j] == 0x22:
+            return -1
+        j += 1
+    return j if j > i else -1
+
+
+cdef bint _scan_text(const unsigned char* p, Py_ssize_t n, Scan* s) noexcept nogil:
+    """Fill ``s`` from an Istio >= 1.9 text line exactly as the layout's regex reads it; False
+    when the pure-Python decoder must decide."""
+    cdef Py_ssize_t i, j, e, k, last_space, first_space
+    cdef int f
+    cdef int word_slots[3]
+    memset_scan(s)
+    for j in range(n):
+        if not (0x20 <= p[j] <= 0x7E):
+            return False  # (trailing CR/LF are cut by the caller) the regex's \s and . differ
+    if n < 2 or p[0] != 0x5B:  # [
+        return False
+    e = _until(p, 1, n, 0x5D)  # ]
+    if e == 1 or e + 2 >= n or p[e + 1] != 0x20 or p[e + 2] != 0x22:
+        return False
+    _put(s, K_START_TIME, 1, e)
+    i = e + 3
+    e = _until(p, i, n, 0x22)  # the request: "METHOD PATH PROTOCOL"
+    if e + 1 >= n or p[e + 1] != 0x20:
+        return False
+    # "%REQ(:METHOD)% %PATH% %PROTOCOL%": "- - -" for TCP, "- - HTTP/1.1" for codec errors;
+    # more than three words: the middle ones are the path; fewer: the missing ones are "-".
+    first_space = -1
+    last_space = -1
+    for j in range(i, e):
+        if p[j] == 0x20:
+            if first_space < 0:
+                first_space = j
+            last_space = j
+    if first_space < 0:
+        _put(s, K_METHOD, i, e)
+    elif first_space == last_space:
+        _put(s, K_METHOD, i, first_space)
+        _put(s, K_PATH, first_space + 1, e)
+    else:
+        _put(s, K_METHOD, i, first_space)
+        _put(s, K_PATH, first_space + 1, last_space)
+        _put(s, K_PROTOCOL, last_space + 1, e)
+    i = e + 2
+    e = _word(p, i, n, False)  # status: \d+|-
+    if e < 0 or e >= n or not _put_num(p, s, K_CODE, i, e):
+        return False
+    i = e + 1
+    word_slots[0] = K_FLAGS
+    word_slots[1] = K_DETAILS
+    word_slots[2] = K_TERM
+    for f in range(3):  # flags, details, termination details: [^\s"]+
+        e = _word(p, i, n, True)
+        if e < 0 or e >= n:
+            return False
+        _put(s, word_slots[f], i, e)
+        i = e + 1
+    if i >= n or p[i] != 0x22:
+        return False
+    e = _until(p, i + 1, n, 0x22)  # "upstream transport failure reason"
+    if e + 1 >= n or p[e + 1] != 0x20:
+        return False
+    _put(s, K_UTFR, i + 1, e)
+    i = e + 2
+    word_slots[0] = K_BIN
+    word_slots[1] = K_BOUT
+    word_slots[2] = K_DUR
+    for f in range(3):  # bytes received, bytes sent, duration: \d+|-
+        e = _word(p, i, n, False)
+        if e < 0 or e >= n or not _put_num(p, s, word_slots[f], i, e):
+            return False
+        i = e + 1
+    e = _word(p, i, n, False)  # upstream service time: \S+
+    if e < 0 or e + 1 >= n or p[e + 1] != 0x22:
+        return False
+    i = e + 2
+    e = _until(p, i, n, 0x22)  # "x-forwarded-for"
+    if e + 2 >= n or p[e + 1] != 0x20 or p[e + 2] != 0x22:
+        return False
+    _put(s, K_XFF, i, e)
+    i = e + 3
+    # The user agent is matched lazily: it ends at the first '" "' after which the rest
+    # matches. Only that first candidate is tried; if the rest does not match, hand over.
+    e = i
+    while e + 2 < n and not (p[e] == 0x22 and p[e + 1] == 0x20 and p[e + 2] == 0x22):
+        e += 1
+    if e + 2 >= n:
+        return False
+    i = e + 3
+    word_slots[0] = K_REQUEST_ID
+    word_slots[1] = K_AUTHORITY
+    word_slots[2] = K_OTHER  # upstream host
+    for f in range(3):  # "request id" "authority" "upstream host"
+        e = _until(p, i, n, 0x22)
+        if e >= n:
+            return False
+        if word_slots[f] != K_OTHER:
+            _put(s, word_slots[f], i, e)
+        if f < 2:
+            if e + 2 >= n or p[e + 1] != 0x20 or p[e + 2] != 0x22:
+                return False
+            i = e + 3
+        else:
+            if e + 1 >= n or p[e + 1] != 0x20:
+                return False
+            i = e + 2
+    # upstream cluster, upstream local, downstream local, downstream remote, SNI, [route]
+    for f in range(5):
+        e = _word(p, i, n, False)
+        if e < 0:
+            return False
+        if f == 0:
+            _put(s, K_UCLUSTER, i, e)
+        elif f == 2:
+            _put(s, K_DLOCAL, i, e)
+        elif f == 3:
+            _put(s, K_DREMOTE, i, e)
+        elif f == 4:
+            _put(s, K_SNI, i, e)
+        i = e
+        if f < 4:
+            if i >= n or p[i] != 0x20:
+                return False
+            i += 1
+    if i + 1 < n and p[i] == 0x20 and p[i + 1] != 0x20:  # the route name
+        e = _word(p, i + 1, n, False)
+        i = e
+    for j in range(i, n):  # \s*$
+        if p[j] != 0x20:
+            return False
+    return True
+
+
+cdef object _text_ts(const unsigned char* p, Scan* s):
+    """The text decoder's time: the cached-second fast path, else ``parse_ts``; a time it
+    cannot read is ``bad_timestamp`` (no epoch numbers in text lines)."""
+    cdef Py_ssize_t n = s.length[K_START_TIME], j
+    cdef const unsigned char* t = p + s.start[K_START_TIME]
+    cdef double frac
+    if n >= 22 and n - 21 <= 15 and t[19] == 0x2E and t[n - 1] == 0x5A:
+        base = _sec_cache.get(_str(t, 19))
+        if base is not None:
+            frac = 0.0
+            for j in range(20, n - 1):
+                if not (0x30 <= t[j] <= 0x39):
+                    break
+                frac = frac * 10.0 + (t[j] - 0x30)
+            else:
+                return PyFloat_AS_DOUBLE(base) + frac / _POW10[n - 21]
+    try:
+        return _parse_ts(PyUnicode_FromStringAndSize(<const char*>t, n))
+    except ValueError:
+        raise _DecodeError("bad_timestamp") from None
+
+
+cdef inline Py_ssize_t _text_len(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """Length without trailing CR/LF (``rstrip("\\r\\n")``)."""
+    while n > 0 and (p[n - 1] == 0x0A or p[n - 1] == 0x0D):
+        n -= 1
+    return n
+
+
+def decode_envoy_text(data, source=None, offset=None):
+    """Exactly ``envoy.decode_text`` (see the text section above)."""
+    if not PyBytes_CheckExact(data):
+        return _py_decode_text(data, source, offset)
+    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
+    cdef Py_ssize_t n = _text_len(p, PyBytes_GET_SIZE(data))
+    cdef Scan s
+    if not _scan_text(p, n, &s):
+        return _py_decode_text(data, source, offset)
+    try:
+        return [_record_from(_text_ts(p, &s), p, &s, source, offset)]
+    except _Handover:
+        return _py_decode_text(data, source, offset)
+
+
+def decode_envoy_text_units(list units, list offsets, stream, Py_ssize_t max_bytes, slow):
+    """``decode_envoy_json_units`` for text lines (same contract)."""
+    cdef list out = []
+    cdef Py_ssize_t bad = 0, i, n = min(len(units), len(offsets))
+    cdef Scan s
+    cdef const unsigned char* p
+    for i in range(n):
+        unit = units[i]
+        off = offsets[i]
+        if PyBytes_CheckExact(unit) and PyBytes_GET_SIZE(unit) <= max_bytes:
+            p = <const unsigned char*>PyBytes_AS_STRING(unit)
+            if _scan_text(p, _text_len(p, PyBytes_GET_SIZE(unit)), &s):
+                try:
+                    out.append(_record_from(_text_ts(p, &s), p, &s, stream, off))
+                    continue
+                except Exception:
+                    pass  # the per-unit path raises it again and dead-letters the unit
+        recs = slow(unit, off)
+        if recs is None:
+            bad += 1
+        else:
+            out.extend(recs)
+    return out, bad
+
 
 # ---------------------------------------------------------------------------------------------
 # Windowed aggregation (``WindowAggregator.add_batch``)

@@ -7,9 +7,10 @@ access logs and ``WindowAggregator.add_batch``. It is optional.
 Contract:
 * ``COMPILED`` is True when the compiled module imported and the environment variable
   ``DETECTOR_PURE_PYTHON`` is unset, empty or ``0`` (read once, at import).
-* ``decode_envoy_json`` is then the compiled decoder, else ``envoy.decode_json``; the decoder
-  registry names it for ``envoy_json``.
-* ``batch_decoder(fmt)`` is the compiled batch loop for a format (``envoy_json``) or None:
+* ``decode_envoy_json`` / ``decode_envoy_text`` are then the compiled decoders, else
+  ``envoy.decode_json`` / ``envoy.decode_text``; the decoder registry names them.
+* ``batch_decoder(fmt)`` is the compiled batch loop for a format (``envoy_json``,
+  ``envoy_text``) or None:
   ``(units, offsets, stream, max_bytes, slow) -> (records, bad_units)``, handing every unit it
   does not take to ``slow(unit, offset)`` (the pipeline's per-unit path: records or None).
 * ``resolve_records(records, fill, static)`` applies ``fill`` (``Resolver.resolve``) to the
@@ -31,6 +32,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from detector.decoders.envoy import decode_json as _py_decode_json
+from detector.decoders.envoy import decode_text as _py_decode_text
 from detector.records import SPAN
 
 if TYPE_CHECKING:
@@ -61,10 +63,19 @@ BatchDecoder = Callable[
 ]
 
 
+decode_envoy_text: Callable[[bytes, str | None, int | None], list[FlowRecord]] = (
+    _compiled.decode_envoy_text if _compiled is not None else _py_decode_text
+)
+
+
 def batch_decoder(fmt: str) -> BatchDecoder | None:
     """The compiled batch loop for ``fmt``, or None (the pipeline's own loop then)."""
-    if _compiled is not None and fmt == "envoy_json":
+    if _compiled is None:
+        return None
+    if fmt == "envoy_json":
         return _compiled.decode_envoy_json_units  # type: ignore[no-any-return]
+    if fmt == "envoy_text":
+        return _compiled.decode_envoy_text_units  # type: ignore[no-any-return]
     return None
 
 

@@ -544,3 +544,136 @@ def test_compiled_has_spans_matches() -> None:
     assert compiled.has_spans(plain) is False is fp._has_spans_py(plain)
     for extra in (FlowRecord(3.0, kind="span"), FlowRecord(3.0, parent_span_id="ab")):
         assert compiled.has_spans([*plain, extra]) is True is fp._has_spans_py([*plain, extra])
+
+
+# -- text access logs --------------------------------------------------------------------------
+
+TEXT = (
+    '[2024-05-01T10:00:00.032Z] "GET /api/v1/orders/87904?x=1 HTTP/1.1" 200 - via_upstream - "-" '
+    '0 1937 16 15 "-" "node-fetch/1.0 (+https://github.com/bitinn/node-fetch)" '
+    '"b3fe8e32-1a6b-4034-85a5-deb56dfb481f" "orders-api.orders.svc.cluster.local:8080" '
+    '"10.20.2.144:8080" inbound|8080|| 127.0.0.6:60927 10.20.2.144:8080 10.20.0.108:37531 '
+    "outbound_.8080_._.orders-api.orders.svc.cluster.local default"
+)
+
+
+def tvariant(old: str = "", new: str = "") -> bytes:
+    return TEXT.replace(old, new, 1).encode()
+
+
+TEXT_CASES: list[bytes] = [
+    tvariant(),
+    tvariant(" default", ""),  # no route name
+    tvariant(" default", " default   "),
+    tvariant(" default", " default x"),
+    tvariant(" default", "  default"),
+    tvariant("10.20.0.108:37531 ", "10.20.0.108:37531  "),
+    tvariant("GET /api/v1/orders/87904?x=1 HTTP/1.1", "- - -"),  # TCP
+    tvariant("GET /api/v1/orders/87904?x=1 HTTP/1.1", "- - HTTP/1.1"),
+    tvariant("GET /api/v1/orders/87904?x=1 HTTP/1.1", "GET /a b c HTTP/2"),
+    tvariant("GET /api/v1/orders/87904?x=1 HTTP/1.1", "GET /only"),
+    tvariant("GET /api/v1/orders/87904?x=1 HTTP/1.1", "GET"),
+    tvariant("GET /api/v1/orders/87904?x=1 HTTP/1.1", ""),
+    tvariant("GET /api/v1/orders/87904?x=1 HTTP/1.1", "GET  HTTP/1.1"),
+    tvariant(" 200 - via_upstream", " 403 - rbac_access_denied_matched_policy[none]"),
+    tvariant(" 200 - via_upstream", " - - via_upstream"),
+    tvariant(" 200 - via_upstream", " 2x0 - via_upstream"),
+    tvariant(" 200 - via_upstream", " -5 - via_upstream"),
+    tvariant(" 200 - via_upstream", " 0 UF,URX upstream_reset_before_response_started{TLS_error}"),
+    tvariant(" 200 - via_upstream", " 1234567890123456789 - via_upstream"),
+    tvariant(" 0 1937 16 15", " 12345678901234567890 - 007 -"),
+    tvariant(" 0 1937 16 15", " 0 1937 16 15 16"),
+    tvariant(' 15 "-" "node', ' 15 "1.2.3.4, 5.6.7.8" "node'),
+    tvariant('"node-fetch/1.0 (+https://github.com/bitinn/node-fetch)"', '"a" "b"'),
+    tvariant('"node-fetch/1.0 (+https://github.com/bitinn/node-fetch)"', '""'),
+    tvariant('"node-fetch/1.0 (+https://github.com/bitinn/node-fetch)"', '"x" "y" "z"'),
+    tvariant("[2024-05-01T10:00:00.032Z]", "[2024-05-01T10:00:00Z]"),
+    tvariant("[2024-05-01T10:00:00.032Z]", "[2024-05-01T10:00:00.1234567890123456789Z]"),
+    tvariant("[2024-05-01T10:00:00.032Z]", "[2024-05-01T10:00:00.5+02:00]"),
+    tvariant("[2024-05-01T10:00:00.032Z]", "[1714557600]"),
+    tvariant("[2024-05-01T10:00:00.032Z]", "[soon]"),
+    tvariant("[2024-05-01T10:00:00.032Z]", "[]"),
+    tvariant("10.20.0.108:37531", "[fd00::1]:5"),
+    tvariant("10.20.0.108:37531", "-"),
+    tvariant("inbound|8080||", "outbound|9080||reviews.default.svc.cluster.local"),
+    tvariant(' "-" 0 1937', ' "TLS_error: CERT" 0 1937'),
+    tvariant("via_upstream -", 'via_upstream "-"'),
+    tvariant("node-fetch", "caf\u00e9"),
+    tvariant("node-fetch", "tab\there"),
+    TEXT.encode() + b"\r\n",
+    TEXT.encode() + b"\n\r",
+    TEXT.encode() + b" \n",
+    TEXT.encode()[:-40],
+    b"[2021-03-12 15:31:30.492][1][warning][runtime] deprecated",
+    b"",
+    b"[",
+    # the Istio 1.3-1.8 and 1.1-1.2 layouts and Envoy's default: handed over, read the same
+    b'[2020-11-25T21:26:18.409Z] "GET /status/418 HTTP/1.1" 418 - "-" "-" 0 135 4 4 "-" '
+    b'"curl/7.73.0-DEV" "84961386-6d84-929d-98bd-c5aee93b5c88" "httpbin:8000" '
+    b'"127.0.0.1:80" inbound|8000|| 127.0.0.1:41854 10.44.1.27:80 10.44.1.23:37652 '
+    b"outbound_.8000_._.httpbin.foo.svc.cluster.local default",
+    b'[2016-04-15T20:17:00.310Z] "POST /api/v1/locations HTTP/2" 204 - 154 0 226 100 '
+    b'"10.0.35.28" "nsq2http" "cc21d9b0-cf5c-432b-8c7e-98aeb7988cd2" "locations" "tcp://10.0.2.1:80"',
+]
+
+
+def same_text(data: bytes) -> None:
+    assert outcome(compiled.decode_envoy_text, data) == outcome(envoy.decode_text, data), data
+
+
+@needs_compiled
+@pytest.mark.parametrize("data", TEXT_CASES, ids=range(len(TEXT_CASES)))
+def test_compiled_text_decoder_matches_reference_on_edge_cases(data: bytes) -> None:
+    same_text(data)
+
+
+@needs_compiled
+def test_compiled_text_decoder_matches_on_simulated_traffic_and_fixtures(
+    fixtures_dir: Path,
+) -> None:
+    from detector.simulation import generate
+
+    start = 1_714_557_600.0
+    lines = [
+        unit
+        for fmt, _c, _ts, unit in generate(
+            start, start + 900.0, formats=("envoy_text",), text_share=1.0
+        )
+        if fmt == "envoy_text"
+    ]
+    assert len(lines) > 1000
+    for line in lines:
+        same_text(line)
+    slow: list[int] = []
+    out, bad = compiled.decode_envoy_text_units(
+        lines, list(range(len(lines))), "s", 1 << 20, lambda u, o: slow.append(o) or []
+    )
+    assert bad == 0 and not slow and len(out) == len(lines)  # the common shape is taken here
+    for f in sorted(fixtures_dir.rglob("*")):
+        if f.is_file() and f.suffix in (".log", ".json", ".jsonl", ".txt"):
+            for line in f.read_bytes().splitlines()[:400]:
+                same_text(line)
+
+
+_TEXT_WORDS = st.sampled_from(
+    ["-", "", " ", '"', "200", "0", "UF", "x y", '" "', "[", "]", "a:1", "[::1]:2", "\t", "é"]
+)
+
+
+@needs_compiled
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, len(TEXT)), _TEXT_WORDS), max_size=4))
+def test_compiled_text_decoder_matches_on_mutated_lines(edits: list[tuple[int, str]]) -> None:
+    line = TEXT
+    for at, word in edits:
+        line = line[:at] + word + line[at:]
+    same_text(line.encode())
+    cut = edits[0][0] if edits else 10
+    same_text(line.encode()[:cut])
+
+
+@needs_compiled
+@given(st.binary(max_size=300))
+def test_compiled_text_decoder_matches_on_arbitrary_bytes(data: bytes) -> None:
+    same_text(b"[" + data)
+    same_text(data)
