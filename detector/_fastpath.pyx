@@ -51,6 +51,13 @@ cdef extern from *:
         Py_INCREF(o);
         PyTuple_SET_ITEM(t, i, o);
     }
+    static void fp_set_replace(PyObject *t, Py_ssize_t i, PyObject *o) {
+        PyObject *old = PyTuple_GET_ITEM(t, i);
+        Py_INCREF(o);
+        PyTuple_SET_ITEM(t, i, o);
+        Py_XDECREF(old);
+    }
+    static PyTypeObject *fp_type(PyObject *o) { return Py_TYPE(o); }
     #define FP_ONES 0x0101010101010101ULL
     #define FP_HIGH 0x8080808080808080ULL
     #define FP_ICACHE 2048
@@ -64,6 +71,8 @@ cdef extern from *:
     enum: _MAXKEY "FP_MAXKEY"
     object fp_alloc_tuple(PyTypeObject *tp, Py_ssize_t n)
     void fp_set(object t, Py_ssize_t i, object o)
+    void fp_set_replace(object t, Py_ssize_t i, object o)
+    PyTypeObject* Py_TYPE "fp_type"(object o)
 
 from detector.decoders import envoy as _envoy
 from detector.errors import DecodeError
@@ -802,18 +811,61 @@ def decode_envoy_json_units(list units, list offsets, stream, Py_ssize_t max_byt
     return out, bad
 
 
-def resolve_records(list records, fill, static):
-    """``[r if r names both clusters and dst_namespace else fill(r, static) for r in records]``."""
+def resolve_records(list records, resolver, static):
+    """``[resolver.resolve(r, static) for r in records]`` (``flows.Resolver``), compiled:
+    records naming both clusters and the destination namespace are kept as they are; the
+    trust-domain and address lookups are asked once per distinct principal and address in
+    the batch."""
     cdef list out = []
     cdef tuple t
+    cdef dict by_principal = {}, by_ip = {}
+    cdef object cfp = resolver.cluster_for_principal
+    cdef object cfi = resolver.cluster_for_ip
+    # What the stream's static attributes give, the same for every record of the batch.
+    dst_default = static.dst_cluster or static.cluster or UNKNOWN
+    src_static = static.src_cluster
+    ns_static = static.namespace
+    cdef Py_ssize_t j
     for r in records:
         if not PyTuple_Check(r) or PyTuple_GET_SIZE(r) != 25:
             raise TypeError("resolve_records() takes FlowRecords")
         t = <tuple>r
-        if t[3] is not None and t[7] is not None and t[8] is not None:
+        src_cluster = t[3]
+        dst_cluster = t[7]
+        dst_ns = t[8]
+        if src_cluster is not None and dst_cluster is not None and dst_ns is not None:
             out.append(r)
-        else:
-            out.append(fill(r, static))
+            continue
+        if dst_cluster is None:
+            dst_cluster = dst_default
+        if src_cluster is None:
+            src_cluster = src_static
+            if not src_cluster:
+                principal = t[2]
+                if principal in by_principal:
+                    src_cluster = by_principal[principal]
+                else:
+                    src_cluster = by_principal[principal] = cfp(principal)
+            if not src_cluster:
+                ip = t[6]
+                if ip in by_ip:
+                    src_cluster = by_ip[ip]
+                else:
+                    src_cluster = by_ip[ip] = cfi(ip)
+            if not src_cluster:
+                # Kubernetes users and service-account tokens belong to the cluster whose API
+                # server they call: an audit event's caller is in the apiserver's cluster.
+                src_cluster = dst_cluster if t[1] == API_AUDIT and dst_cluster != UNKNOWN else None
+            if not src_cluster:
+                src_cluster = UNKNOWN
+        rec = fp_alloc_tuple(Py_TYPE(r), 25)
+        for j in range(25):
+            fp_set(rec, j, t[j])
+        fp_set_replace(rec, 3, src_cluster)
+        fp_set_replace(rec, 7, dst_cluster)
+        fp_set_replace(rec, 8, dst_ns or ns_static)
+        PyObject_GC_UnTrack(rec)
+        out.append(rec)
     return out
 
 # ---------------------------------------------------------------------------------------------

@@ -13,8 +13,8 @@ Contract:
   ``envoy_text``) or None:
   ``(units, offsets, stream, max_bytes, slow) -> (records, bad_units)``, handing every unit it
   does not take to ``slow(unit, offset)`` (the pipeline's per-unit path: records or None).
-* ``resolve_records(records, fill, static)`` applies ``fill`` (``Resolver.resolve``) to the
-  records that do not name both clusters and the destination namespace, compiled or not.
+* ``resolve_records(records, resolver, static)`` is ``[resolver.resolve(r, static) for r in
+  records]`` (``flows.Resolver``), compiled or not.
 * ``template_path`` is ``flows.template_path`` compiled, or None; ``has_spans(records)`` says
   whether any record is a span half (or has a parent span id), compiled or not.
 * ``aggregate_kernel()`` is the compiled ``add_batch`` (``(agg, stream, records, first_offset)``)
@@ -79,11 +79,10 @@ def batch_decoder(fmt: str) -> BatchDecoder | None:
     return None
 
 
-def _resolve_records_py(
-    records: list[FlowRecord], fill: Callable[[FlowRecord, Any], FlowRecord], static: Any
-) -> list[FlowRecord]:
-    # ``Resolver.resolve`` returns a record naming both clusters and the namespace unchanged:
-    # skip the call for those (enriched mesh logs, the common case).
+def _resolve_records_py(records: list[FlowRecord], resolver: Any, static: Any) -> list[FlowRecord]:
+    fill = resolver.resolve
+    # ``resolve`` returns a record naming both clusters and the namespace unchanged: skip
+    # the call for those (enriched mesh logs, the common case).
     return [
         r
         if r.src_cluster is not None and r.dst_cluster is not None and r.dst_namespace is not None
@@ -92,9 +91,9 @@ def _resolve_records_py(
     ]
 
 
-resolve_records: Callable[
-    [list[FlowRecord], Callable[[FlowRecord, Any], FlowRecord], Any], list[FlowRecord]
-] = _compiled.resolve_records if _compiled is not None else _resolve_records_py
+resolve_records: Callable[[list[FlowRecord], Any, Any], list[FlowRecord]] = (
+    _compiled.resolve_records if _compiled is not None else _resolve_records_py
+)
 
 
 template_path: Callable[[str], str] | None = (

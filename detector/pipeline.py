@@ -280,7 +280,7 @@ class Pipeline:
         if records and (self.joiner is not None or fastpath.has_spans(records)):
             # join before resolution: a half's missing cluster must not read "unknown" yet
             records = self._join(records)
-        records = fastpath.resolve_records(records, self.resolver.resolve, batch.static)
+        records = fastpath.resolve_records(records, self.resolver, batch.static)
         # Offsets are tracked per batch window: a record's exact position matters only for the
         # window it fed, and the batch's first offset is a safe lower bound for every record.
         if records:

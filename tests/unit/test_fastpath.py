@@ -677,3 +677,47 @@ def test_compiled_text_decoder_matches_on_mutated_lines(edits: list[tuple[int, s
 def test_compiled_text_decoder_matches_on_arbitrary_bytes(data: bytes) -> None:
     same_text(b"[" + data)
     same_text(data)
+
+
+@needs_compiled
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            FlowRecord,
+            ts=st.just(1.0),
+            kind=st.sampled_from(["request", "api_audit", "connection"]),
+            src_principal=st.sampled_from(
+                [None, "", "spiffe://td/ns/a/sa/b", "spiffe://other/ns/a/sa/b", "u"]
+            ),
+            src_cluster=st.sampled_from([None, "", "eu"]),
+            src_ip=st.sampled_from([None, "", "10.1.2.3", "10.9.9.9", "fd00::1", "junk"]),
+            dst_cluster=st.sampled_from([None, "", "us", "unknown"]),
+            dst_namespace=st.sampled_from([None, "", "shop"]),
+        ),
+        max_size=30,
+    ),
+    st.sampled_from([None, "", "east"]),
+    st.sampled_from([None, "src-static"]),
+    st.sampled_from([None, "dst-static"]),
+    st.sampled_from([None, "", "ns-static"]),
+    st.booleans(),
+)
+def test_compiled_resolution_matches(
+    recs: list[FlowRecord],
+    cluster: str | None,
+    src: str | None,
+    dst: str | None,
+    ns: str | None,
+    maps: bool,
+) -> None:
+    from detector.flows import Resolver
+    from detector.sources import StaticAttrs
+
+    resolver = Resolver(
+        {"td": "td-cluster"} if maps else None, {"10.1.0.0/16": "cidr-cluster"} if maps else None
+    )
+    static = StaticAttrs(cluster=cluster, src_cluster=src, dst_cluster=dst, namespace=ns)
+    want = [resolver.resolve(r, static) for r in recs]
+    got = compiled.resolve_records(recs, resolver, static)
+    assert [(type(r), tuple(r)) for r in got] == [(type(r), tuple(r)) for r in want]
