@@ -23,6 +23,7 @@ Contract:
   attributes as ``detector.flows._Acc``).
 """
 
+cimport cython
 from cpython.object cimport PyObject, PyTypeObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE
@@ -153,6 +154,13 @@ cdef object _str(const unsigned char* p, Py_ssize_t n):
     _ic_obj[i] = <PyObject*>s
     _ic_hash[i] = h
     return s
+
+
+cdef inline object _untracked(object o):
+    """``o`` (a container of strings and numbers only: no cycle possible) out of the cyclic
+    collector's sight. CPython re-tracks a dict that is given a container, never these."""
+    PyObject_GC_UnTrack(o)
+    return o
 
 
 # ---------------------------------------------------------------------------------------------
@@ -546,6 +554,27 @@ cdef object _ts_fast(const unsigned char* p, Scan* s, int slot):
     return _ts_of(PyUnicode_FromStringAndSize(<const char*>t, n))
 
 
+cdef object _spiffe_ns(str principal):
+    """``envoy.spiffe_namespace``: ``spiffe://<td>/ns/<ns>/...`` -> ``<ns>``, else None."""
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(principal), i, a, b
+    cdef const unsigned char* d
+    if not PyUnicode_IS_COMPACT_ASCII(principal):
+        return _principal_ns(principal)
+    d = <const unsigned char*>PyUnicode_DATA(principal)
+    if n < 9 or memcmp(d, b"spiffe://", 9) != 0:
+        return None
+    i = 9
+    while i < n and d[i] != 0x2F:  # the trust domain
+        i += 1
+    if i + 3 >= n or d[i + 1] != 0x6E or d[i + 2] != 0x73 or d[i + 3] != 0x2F:  # "/ns/"
+        return None
+    a = i + 4
+    b = a
+    while b < n and d[b] != 0x2F:
+        b += 1
+    return _str(d + a, b - a) if b > a else None
+
+
 cdef object _make_record(
     object ts, object kind, object principal, object src_cluster, object src_ns,
     object src_workload, object src_ip, object dst_cluster, object dst_ns, object svc,
@@ -714,9 +743,7 @@ cdef object _record_from(
             if n > 0:
                 route = PyUnicode_FromStringAndSize(<const char*>q, n)
     if principal is not None:
-        src_ns = _spiffe_ns_cache.get(principal, _spiffe_ns_cache)
-        if src_ns is _spiffe_ns_cache:
-            src_ns = _principal_ns(principal)
+        src_ns = _spiffe_ns(principal)
     else:
         src_ns = None
     request_id = None
@@ -1139,7 +1166,7 @@ cdef object _EdgeWindow
 cdef dict _route_names
 cdef tuple _EW_FIELDS
 cdef Py_ssize_t _Q_SMALL
-cdef tuple _OVERFLOW_KEY, _OTHER_ROUTE_KEY
+cdef tuple _OVERFLOW_KEY, _OTHER_ROUTE_KEY  # untracked, as the keys made per record
 cdef Py_ssize_t _MAX_DURATIONS, _MAX_SRC_IPS, _MAX_ROUTES
 cdef double _NEG_INF = float("-inf")
 cdef str _ID = "{id}"
@@ -1162,8 +1189,10 @@ cdef _init_flows():
     _Q_SMALL = flows._Q_SMALL
     _ANONYMOUS = flows.ANONYMOUS
     _OTHER_ROUTE = flows.OTHER_ROUTE
-    _OVERFLOW_KEY = (flows.OVERFLOW, flows.OVERFLOW, "", flows.OVERFLOW, flows.OVERFLOW)
-    _OTHER_ROUTE_KEY = (None, flows.OTHER_ROUTE)
+    _OVERFLOW_KEY = _untracked(
+        (flows.OVERFLOW, flows.OVERFLOW, "", flows.OVERFLOW, flows.OVERFLOW)
+    )
+    _OTHER_ROUTE_KEY = _untracked((None, flows.OTHER_ROUTE))
     _MAX_DURATIONS = flows.MAX_DURATIONS
     _MAX_SRC_IPS = flows.MAX_SRC_IPS
     _MAX_ROUTES = flows.MAX_ROUTES_PER_EDGE
@@ -1243,8 +1272,15 @@ def has_spans(list records):
     return False
 
 
+@cython.no_gc
 cdef class Acc:
-    """Mutable accumulator of one edge in one window (``detector.flows._Acc``, compiled)."""
+    """Mutable accumulator of one edge in one window (``detector.flows._Acc``, compiled).
+
+    Made by the kernel, its containers are None until first needed; made from Python, they
+    are made at once, as ``_Acc`` does. It holds only counts, times and containers of strings
+    and numbers, so it cannot be part of a reference cycle: the cyclic collector does not
+    track it (nor, once made here, its containers). An edge-heavy mesh keeps millions alive,
+    and walking them on every full collection was half of the aggregation time."""
 
     cdef public long long requests, connections, api, ok, error, denied, unauthenticated
     cdef public object bytes_in, bytes_out
@@ -1292,6 +1328,17 @@ cdef object _template_miss(object rt, tuple key, object service, str path):
         cache.clear()  # cheap bound; hot paths refill it at once
     cache[key] = tpl
     return tpl
+
+
+cdef Acc _new_acc(double ts):
+    """An accumulator for the kernel: its containers are made when first needed (an edge-heavy
+    mesh has one record per edge-window, and most never need a failure map)."""
+    cdef Acc acc = Acc.__new__(Acc)
+    acc.bytes_in = 0
+    acc.bytes_out = 0
+    acc.first_ts = ts
+    acc.last_ts = ts
+    return acc
 
 
 cdef inline double _window_of(double ts, double ws) noexcept:
@@ -1369,13 +1416,14 @@ def aggregate(agg, str stream, list records, first_offset):
             src_workload = t[5]
             principal = f"{t[4]}/{src_workload}" if src_workload else _ANONYMOUS
         dst_svc = t[9]
-        key = (
+        # strings only: untracked at once, so the dicts it goes into stay untracked too
+        key = _untracked((
             principal,
             t[3] or UNKNOWN,
             t[8] or "",
             dst_svc or UNKNOWN,
             t[7] or UNKNOWN,
-        )
+        ))
         acc_obj = cur_edges.get(key)
         if acc_obj is None:
             if open_edges >= max_open:
@@ -1383,7 +1431,7 @@ def aggregate(agg, str stream, list records, first_offset):
                 key = _OVERFLOW_KEY
                 acc_obj = cur_edges.get(key)
             if acc_obj is None:
-                acc_obj = Acc(ts)
+                acc_obj = _new_acc(ts)
                 cur_edges[key] = acc_obj
                 open_edges += 1
         acc = <Acc>acc_obj
@@ -1406,6 +1454,8 @@ def aggregate(agg, str stream, list records, first_offset):
             else:
                 acc.unauthenticated += 1
             if ip is not None:
+                if acc.ip_failures is None:
+                    acc.ip_failures = _untracked({})
                 fails = acc.ip_failures
                 n_obj = fails.get(ip)
                 if n_obj is not None:
@@ -1416,6 +1466,8 @@ def aggregate(agg, str stream, list records, first_offset):
         acc.bytes_out = acc.bytes_out + t[16]
         d = t[17]
         if d is not None:
+            if acc.durations is None:
+                acc.durations = _untracked([])
             durs = acc.durations
             if len(durs) < _MAX_DURATIONS:
                 durs.append(d)
@@ -1425,11 +1477,13 @@ def aggregate(agg, str stream, list records, first_offset):
             if route is None:
                 tpl = None
             else:
-                tkey = (dst_svc, route)
+                tkey = _untracked((dst_svc, route))
                 tpl = tcache.get(tkey)
                 if tpl is None:
                     tpl = _template_miss(route_templates, tkey, dst_svc, route)
-            rk = (method, tpl)
+            rk = _untracked((method, tpl))
+            if acc.routes is None:
+                acc.routes = _untracked({})
             routes = acc.routes
             n_obj = routes.get(rk)
             if n_obj is not None:
@@ -1439,6 +1493,8 @@ def aggregate(agg, str stream, list records, first_offset):
             else:
                 routes[_OTHER_ROUTE_KEY] = routes.get(_OTHER_ROUTE_KEY, 0) + 1
         if ip is not None:
+            if acc.src_ips is None:
+                acc.src_ips = _untracked(set())
             ips = acc.src_ips
             if len(ips) < _MAX_SRC_IPS:
                 ips.add(ip)
@@ -1516,22 +1572,27 @@ def materialise(double w, double ws, dict edges):
         k = <tuple>key
         acc = <Acc?>acc_obj
         p50 = p90 = p99 = None
-        if acc.durations:
+        if acc.durations:  # None or [] when the edge logged no duration
             q = _quantiles(acc.durations)
             p50 = q[0]
             p90 = q[1]
             p99 = q[2]
         routes = {}
-        for mt, cnt in acc.routes.items():
-            name = _route_names.get(mt)
-            if name is None:
-                name = _route_name_py(mt)
-            routes[name] = cnt
+        if acc.routes is not None:
+            for mt, cnt in acc.routes.items():
+                name = _route_names.get(mt)
+                if name is None:
+                    name = _route_name_py(mt)
+                routes[name] = cnt
         values = (
             wo, we, k[0], k[1], k[2], k[3], k[4],
             acc.requests, acc.connections, acc.api, acc.ok, acc.error, acc.denied,
             acc.unauthenticated, acc.bytes_in, acc.bytes_out, p50, p90, p99,
-            routes, tuple(sorted(acc.src_ips)), acc.ip_failures, acc.first_ts, acc.last_ts,
+            routes,
+            tuple(sorted(acc.src_ips)) if acc.src_ips is not None else (),
+            acc.ip_failures if acc.ip_failures is not None else {},
+            acc.first_ts,
+            acc.last_ts,
         )
         ew = _EdgeWindow.__new__(_EdgeWindow)
         for j in range(24):

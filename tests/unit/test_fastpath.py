@@ -160,6 +160,20 @@ CASES: list[bytes] = [
     ),
     variant(downstream_peer_uri_san=None, x_forwarded_client_cert="By=x;URI=spiffe://td/ns/e/sa/f"),
     variant(downstream_peer_uri_san="linkerd-ish.identity"),
+    *[
+        variant(downstream_peer_uri_san=p)
+        for p in (
+            "spiffe://td/ns",
+            "spiffe://td/ns/",
+            "spiffe://td/ns/a",
+            "spiffe://td/nsx/a/sa/b",
+            "spiffe://td",
+            "spiffe:///ns/a/sa/b",
+            "spiffe://td//ns/a",
+            "spiffe://td/NS/a",
+            "SPIFFE://td/ns/a",
+        )
+    ],
     variant(source_cluster=None, destination_cluster="-"),
     variant(source_cluster=_DROP, destination_cluster=_DROP),
     variant(source_namespace="ns1", source_workload="wl", destination_namespace="dns"),
