@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False
-"""Compiled hot path (Cython): Envoy/Istio JSON access-log decoding and windowed aggregation.
+"""Compiled hot path (Cython): Envoy/Istio access-log decoding, resolution, aggregation.
 
 Optional: ``detector.fastpath`` imports it when it was built (``pip install -e .`` compiles it
 with the machine's C compiler) and ``DETECTOR_PURE_PYTHON`` is not set; the pure-Python modules
@@ -18,9 +18,18 @@ Contract:
 * ``decode_envoy_text(data, source, offset)`` is exactly ``envoy.decode_text``: the Istio >= 1.9
   text layout (the one tried first) is tokenised here; other layouts and unusual lines are
   handed to the pure-Python decoder.
+* ``decode_envoy_json_units`` / ``decode_envoy_text_units(units, offsets, stream, max_bytes,
+  slow)`` decode a batch: ``(records, bad_units)``; every unit not taken here (oversized, not
+  the common shape, failing) goes to ``slow(unit, offset)``, the pipeline's per-unit path.
+* ``resolve_records(records, resolver, static)`` is ``[resolver.resolve(r, static) ...]``.
 * ``aggregate(agg, stream, records, first_offset)`` is ``WindowAggregator.add_batch`` for the
-  same aggregator state; ``Acc`` is the compiled edge-window accumulator it creates (same
-  attributes as ``detector.flows._Acc``).
+  same aggregator state; ``Acc`` is the compiled edge-window accumulator it creates (the
+  attributes of ``detector.flows._Acc``; containers None until first needed), and
+  ``materialise(w, ws, edges)`` turns a closed window's accumulators into ``EdgeWindow``s.
+* ``template_path(path)`` is ``flows.template_path``; ``has_spans(records)`` the pipeline's
+  check for span halves.
+* Records made here hold only strings, numbers and None and are not tracked by the cyclic
+  collector; nor are the accumulators and the keys made per record (no cycle is possible).
 """
 
 cimport cython
