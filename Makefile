@@ -9,6 +9,9 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
+# The core's tests run twice: on the compiled hot path (when built) and on the pure-Python one.
+PURE_TESTS := tests/unit/test_decoders_envoy.py tests/unit/test_flows.py tests/unit/test_fastpath.py tests/pipeline/test_pipeline_core.py
+
 .PHONY: run test system-deps lint typecheck unit bench eval nab notebooks clean help
 
 help:
@@ -45,9 +48,11 @@ system-deps:
 # --nbmake: the notebooks under notebooks/ run too (a cell that raises fails the suite).
 test: system-deps lint typecheck
 	$(BIN)/python -m pytest -q -p no:cacheprovider --nbmake $(PYTEST_ARGS)
+	DETECTOR_PURE_PYTHON=1 $(BIN)/python -m pytest -q -p no:cacheprovider $(PURE_TESTS) $(PYTEST_ARGS)
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit tests/property $(PYTEST_ARGS)
+	DETECTOR_PURE_PYTHON=1 $(BIN)/python -m pytest -q $(PURE_TESTS) $(PYTEST_ARGS)
 
 # Throughput beside a bare baseline in the same run (figures, never pass/fail): decode and
 # aggregate from files (also with 100,000 distinct edges), replay with and without scoring (and

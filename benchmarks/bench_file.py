@@ -16,8 +16,9 @@ What it does, in one run:
    squeezed into ``--edges-span-s`` seconds (default 180: three one-minute windows), so up to K
    edges are open at once; the same modes then report records/s and peak RSS.
 
-It prints a compact table; it never passes or fails (DESIGN.md §9). The machine may be shared
-and noisy: best of ``--repeat``.
+It prints a compact table; it never passes or fails (DESIGN.md §9). The header says whether the
+compiled hot path is in use (``DETECTOR_PURE_PYTHON=1`` measures the pure-Python one). The
+machine may be shared and noisy: best of ``--repeat``.
 
     .venv/bin/python benchmarks/bench_file.py [--records N] [--repeat R] [--edges K]
         [--formats envoy_json,envoy_text] [--modes bare,decode,core,run]
@@ -191,6 +192,13 @@ def child(mode: str, path: str, fmt: str, repeat: int) -> None:
     print(json.dumps({"mode": mode, "n": n, "rate": best, "rss_mb": rss_mb}))
 
 
+def _hot_path() -> str:
+    """Which core the children run: compiled (``detector._fastpath``) or pure Python."""
+    from detector import fastpath
+
+    return "compiled" if fastpath.COMPILED else "pure-python"
+
+
 def pin() -> None:
     if hasattr(os, "sched_setaffinity"):
         with contextlib.suppress(OSError):
@@ -223,7 +231,7 @@ def main() -> None:
         d.mkdir(parents=True, exist_ok=True)
         print(
             f"records={a.records:,} repeat={a.repeat} edges={a.edges or '-'} "
-            f"python={sys.version.split()[0]} cpus={os.cpu_count()}"
+            f"python={sys.version.split()[0]} cpus={os.cpu_count()} hot path={_hot_path()}"
         )
         print(
             f"{'format':<11} {'mode':<7} {'records/s':>11} {'us/rec':>7} {'x bare':>7} "

@@ -360,7 +360,12 @@ def main() -> None:
             f"; topic {topic}: {prod['records']:,} records x {prod['avg_bytes']:.0f} B in "
             f"{args.partitions} partitions, produced in {prod['seconds']:.1f}s"
         )
-        print(f"consumers pinned to cpu {args.cpu}; broker on {sorted(others or []) or 'any'}")
+        from detector import fastpath
+
+        print(
+            f"consumers pinned to cpu {args.cpu}; broker on {sorted(others or []) or 'any'}; "
+            f"hot path {'compiled' if fastpath.COMPILED else 'pure-python'}"
+        )
         bare_rates: list[float] = []
         source_rates: list[float] = []
         full_rates: list[float] = []

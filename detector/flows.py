@@ -19,6 +19,8 @@ Contract:
   never merged. Open state is bounded by ``max_open_edges`` (records of further new edges are
   folded into one ``overflow`` edge and counted), and idle edges leave the edge table after
   ``edge_idle_ttl_s`` of event time.
+* ``add_batch`` runs compiled when ``detector.fastpath.COMPILED`` (same windows, same stats);
+  the loop here is the reference and the pure-Python fallback. Record times are floats.
 * ``WindowAggregator.positions()`` says, per stream, the next offset that is safe to commit:
   every unit before it belongs to a closed window (or was late / bad and so fully processed).
 """
@@ -34,6 +36,7 @@ from typing import Final
 
 import numpy as np
 
+from detector import fastpath
 from detector.records import (
     API_AUDIT,
     AUTH_FAILURE,
@@ -177,8 +180,12 @@ def template_path(path: str) -> str:
 class RouteTemplates:
     """Path -> template, with a bound on distinct templates per service and a bounded cache."""
 
-    def __init__(self, max_per_service: int = 100, cache_size: int = 200_000) -> None:
+    def __init__(
+        self, max_per_service: int = 100, cache_size: int = 200_000, compiled: bool = True
+    ) -> None:
         self.max_per_service = max_per_service
+        # the compiled ``template_path`` when built (same templates), else the one above
+        self._template_path = (fastpath.template_path if compiled else None) or template_path
         self.cache_size = cache_size
         self._cache: dict[tuple[str | None, str], str] = {}
         self._per_service: dict[str | None, set[str]] = {}
@@ -192,7 +199,7 @@ class RouteTemplates:
             return self._cache[key]
         except KeyError:
             pass
-        tpl = template_path(path)
+        tpl = self._template_path(path)
         known = self._per_service.get(service)
         if known is None:
             known = self._per_service[service] = set()
@@ -322,14 +329,17 @@ class WindowAggregator:
         max_open_edges: int = 1_000_000,
         max_routes_per_service: int = 100,
         edge_idle_ttl_s: float = 86_400.0,
+        compiled: bool = True,
     ) -> None:
+        """``compiled=False`` keeps the pure-Python ``add_batch`` even when the compiled one
+        is built (the tests compare the two)."""
         if window_s <= 0:
             raise ValueError("window_s must be positive")
         self.window_s = float(window_s)
         self.allowed_lateness_s = float(allowed_lateness_s)
         self.max_open_edges = max_open_edges
         self.edge_idle_ttl_s = edge_idle_ttl_s
-        self.routes = RouteTemplates(max_routes_per_service)
+        self.routes = RouteTemplates(max_routes_per_service, compiled=compiled)
         self.stats = AggregatorStats()
         # window start -> edge -> accumulator
         self._windows: dict[float, dict[EdgeKey, _Acc]] = {}
@@ -342,6 +352,9 @@ class WindowAggregator:
         self._closed_before = -math.inf  # windows starting before this are closed
         self._final_watermark = -math.inf  # the watermark never moves back (streams ending)
         self._edge_last_seen: dict[EdgeKey, float] = {}
+        self._kernel = fastpath.aggregate_kernel() if compiled else None
+        self._new_acc: type = (fastpath.accumulator_type() if compiled else None) or _Acc
+        self._materialise_all = fastpath.materialiser() if compiled else None
 
     # -- watermark ---------------------------------------------------------------------------
 
@@ -437,6 +450,9 @@ class WindowAggregator:
         """
         if not records:
             return
+        if self._kernel is not None:
+            self._kernel(self, stream, records, first_offset)
+            return
         window_s = self.window_s
         closed_before = self._closed_before
         windows = self._windows
@@ -451,6 +467,7 @@ class WindowAggregator:
         tcache = self.routes._cache
         open_edges = self._open_edges
         max_open = self.max_open_edges - 1  # one slot kept for overflow
+        new_acc = self._new_acc
         # One UNPACK_SEQUENCE per record instead of a dozen attribute lookups; the field order
         # is FlowRecord._fields.
         for (
@@ -512,7 +529,7 @@ class WindowAggregator:
                     key = (OVERFLOW, OVERFLOW, "", OVERFLOW, OVERFLOW)
                     acc = cur_edges.get(key)
                 if acc is None:
-                    acc = cur_edges[key] = _Acc(ts)
+                    acc = cur_edges[key] = new_acc(ts)
                     open_edges += 1
             if kind == CONNECTION:
                 acc.connections += 1
@@ -601,7 +618,10 @@ class WindowAggregator:
             edges = self._windows.pop(w)
             self._window_offsets.pop(w, None)
             self._open_edges -= len(edges)
-            out.extend(_materialise(w, ws, key, acc) for key, acc in edges.items())
+            if self._materialise_all is not None:
+                out.extend(self._materialise_all(w, ws, edges))
+            else:
+                out.extend(_materialise(w, ws, key, acc) for key, acc in edges.items())
             self.stats.windows_closed += 1
             self._closed_before = max(self._closed_before, w + ws)
         if watermark != math.inf and watermark > -math.inf:

@@ -28,12 +28,13 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from detector import fastpath
 from detector.deadletters import DeadLetters
 from detector.decoders import Decoder, get_decoder
 from detector.errors import DecodeError, InfrastructureError, PartialDecode
 from detector.flows import EdgeWindow, Resolver, WindowAggregator
 from detector.instrumentation import Metrics
-from detector.records import SPAN, FlowRecord
+from detector.records import FlowRecord
 from detector.sources import Batch, Source, StaticAttrs
 
 
@@ -208,37 +209,27 @@ class Pipeline:
             decode = self._decoders[batch.fmt] = get_decoder(batch.fmt)
         stream = batch.stream
         maxb = self.settings.max_record_bytes
-        out: list[FlowRecord] = []
-        append = out.append
-        extend = out.extend
-        bad = 0
-        for unit, off in zip(batch.units, batch.offsets, strict=False):
-            if len(unit) > maxb:
-                self._bad(stream, off, "oversized", unit, f"{len(unit)}+ bytes")
-                bad += 1
-                continue
-            try:
-                recs = decode(unit, stream, off)
-            except DecodeError as e:
-                self._bad(stream, off, e.reason, unit, e.detail)
-                bad += 1
-                continue
-            except PartialDecode as e:
-                recs = e.records
-                for reason in e.problems:
-                    self._bad(stream, off, reason, unit, "item of a multi-record unit")
-            except RecursionError:
-                self._bad(stream, off, "too_deep", unit)
-                bad += 1
-                continue
-            except Exception as e:  # a decoder bug must not stop the service
-                self._bad(stream, off, "decoder_crash", unit, repr(e)[:200])
-                bad += 1
-                continue
-            if len(recs) == 1:
-                append(recs[0])
-            elif recs:
-                extend(recs)
+        fused = fastpath.batch_decoder(batch.fmt)
+        if fused is not None:
+
+            def slow(unit: bytes, off: int) -> list[FlowRecord] | None:
+                return self._decode_unit(decode, stream, unit, off)
+
+            out, bad = fused(batch.units, batch.offsets, stream, maxb, slow)
+        else:
+            out = []
+            append = out.append
+            extend = out.extend
+            bad = 0
+            decode_unit = self._decode_unit
+            for unit, off in zip(batch.units, batch.offsets, strict=False):
+                recs = decode_unit(decode, stream, unit, off)
+                if recs is None:
+                    bad += 1
+                elif len(recs) == 1:
+                    append(recs[0])
+                elif recs:
+                    extend(recs)
         self.stats.units += len(batch.units)
         self.stats.bad_units += bad
         if batch.units:
@@ -250,6 +241,29 @@ class Pipeline:
         fill = self.resolver.resolve
         static = batch.static
         return [fill(r, static) for r in out]
+
+    def _decode_unit(
+        self, decode: Decoder, stream: str, unit: bytes, off: int
+    ) -> list[FlowRecord] | None:
+        """One unit's records; None when it is bad (counted and dead-lettered here)."""
+        if len(unit) > self.settings.max_record_bytes:
+            self._bad(stream, off, "oversized", unit, f"{len(unit)}+ bytes")
+            return None
+        try:
+            return decode(unit, stream, off)
+        except DecodeError as e:
+            self._bad(stream, off, e.reason, unit, e.detail)
+            return None
+        except PartialDecode as e:
+            for reason in e.problems:
+                self._bad(stream, off, reason, unit, "item of a multi-record unit")
+            return e.records
+        except RecursionError:
+            self._bad(stream, off, "too_deep", unit)
+            return None
+        except Exception as e:  # a decoder bug must not stop the service
+            self._bad(stream, off, "decoder_crash", unit, repr(e)[:200])
+            return None
 
     def process_batch(self, batch: Batch) -> None:
         """Decode, resolve, join and aggregate one batch (the whole synchronous core)."""
@@ -282,21 +296,10 @@ class Pipeline:
                 agg.register_stream(stream)
             return None
         records = self.decode_batch(batch, resolve=False)
-        if records and (self.joiner is not None or _has_spans(records)):
+        if records and (self.joiner is not None or fastpath.has_spans(records)):
             # join before resolution: a half's missing cluster must not read "unknown" yet
             records = self._join(records)
-        fill = self.resolver.resolve
-        static = batch.static
-        # ``resolve`` returns a record naming both clusters and the namespace unchanged: skip
-        # the call for those (enriched mesh logs, the common case).
-        return [
-            r
-            if r.src_cluster is not None
-            and r.dst_cluster is not None
-            and r.dst_namespace is not None
-            else fill(r, static)
-            for r in records
-        ]
+        return fastpath.resolve_records(records, self.resolver, batch.static)
 
     async def _after_batch(self) -> None:
         """After each batch: emit the windows the watermark closed (and commit past them)."""
@@ -470,10 +473,6 @@ class Pipeline:
         for src, per_stream in by_source.values():
             await src.commit(per_stream)
         self._last_commit = time.monotonic()
-
-
-def _has_spans(records: list[FlowRecord]) -> bool:
-    return any(r.kind == SPAN or r.parent_span_id is not None for r in records)
 
 
 def settings_from_config(cfg: Any) -> PipelineSettings:

@@ -31,8 +31,9 @@ Decoder = Callable[[bytes, "str | None", "int | None"], "list[FlowRecord]"]
 # format name -> "module:function". Imported lazily so one broken optional dependency does not
 # take every format down, and ``detector --help`` stays fast.
 _REGISTRY: Final[dict[str, str]] = {
-    "envoy_text": "detector.decoders.envoy:decode_text",
-    "envoy_json": "detector.decoders.envoy:decode_json",
+    # the compiled decoders when built (same records), else envoy.decode_text / decode_json
+    "envoy_text": "detector.fastpath:decode_envoy_text",
+    "envoy_json": "detector.fastpath:decode_envoy_json",
     "linkerd": "detector.decoders.linkerd:decode",
     "hubble": "detector.decoders.hubble:decode",
     "k8s_audit": "detector.decoders.k8s_audit:decode",

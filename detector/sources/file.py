@@ -8,6 +8,8 @@ Contract:
 * Lines are delivered without their line ending. A line longer than ``max_record_bytes`` is
   delivered cut to ``max_record_bytes + 1`` bytes (the pipeline rejects it as oversized) and the
   rest of it is skipped without being held in memory.
+* Files read to their end are read in blocks split at newlines (a call per block, not per
+  line); followed files a line at a time. Both give the same units and line numbers.
 * ``follow``: at end of file, poll every ``poll_interval_s``; a partial last line waits for its
   newline; a truncated or replaced file (rotation) is reopened from the start.
 * A file that is not line-oriented (binary, e.g. an OTLP protobuf export, or one JSON document
@@ -52,6 +54,15 @@ class _Reader:
         self.ino: int | None = None
         self.done = False
         self.whole = False  # the file is one unit (binary protobuf, pretty-printed JSON)
+        # Block reading (files read to their end, not followed): lines split but not yet
+        # delivered, the next of them, the bytes after the last newline, and whether the rest
+        # of an oversized line is being skipped.
+        self.block_bytes = 1 << 20
+        self._lines: list[bytes] = []
+        self._next = 0
+        self._tail = b""
+        self._skip = False
+        self._blocks = False
         self.open()
         self.whole = self._is_document()
 
@@ -94,6 +105,83 @@ class _Reader:
             self.line_no = 1
             data = self.fh.read(self.limit + 1)  # more than the limit is rejected as oversized
             return ([data] if data.strip() else []), ([1] if data.strip() else []), True
+        if (at_eof_final and not self.pending) or self._blocks:
+            self._blocks = True
+            try:
+                return self._read_blocks(n)
+            except (OSError, EOFError, gzip.BadGzipFile) as e:
+                raise InfrastructureError(f"cannot read {self.path}: {e}") from None
+        return self._read_lines(n, at_eof_final)
+
+    def _read_blocks(self, n: int) -> tuple[list[bytes], list[int], bool]:
+        """``_read_lines`` for a file read to its end: the same units and line numbers, from
+        blocks split at newlines a whole block at a time instead of a call per line."""
+        assert self.fh is not None
+        maxb = self.limit
+        limit = maxb + 1
+        units: list[bytes] = []
+        nums: list[int] = []
+        while len(units) < n:
+            if self._next < len(self._lines):
+                take = self._lines[self._next : self._next + n - len(units)]
+                self._next += len(take)
+                # a line within the limit loses its "\r"; a longer one is cut (rejected later)
+                cut = [
+                    (ln[:-1] if ln[-1:] == b"\r" else ln) if len(ln) <= maxb else ln[:limit]
+                    for ln in take
+                ]
+                base = self.line_no
+                self.line_no += len(cut)
+                if all(cut):
+                    units.extend(cut)
+                    nums.extend(range(base + 1, base + 1 + len(cut)))
+                else:  # empty lines count, but are not units
+                    units.extend(u for u in cut if u)
+                    nums.extend(base + j for j, u in enumerate(cut, 1) if u)
+                continue
+            chunk = self.fh.read(self.block_bytes)
+            if self._skip:  # the rest of an oversized line, up to its newline
+                if not chunk:
+                    self._skip = False
+                    return units, nums, True
+                nl = chunk.find(b"\n")
+                if nl < 0:
+                    continue
+                self._skip = False
+                chunk = chunk[nl + 1 :]
+                if not chunk:
+                    continue
+            if not chunk:
+                tail = self._tail
+                self._tail = b""
+                if tail:  # a last line without its newline, taken as it is
+                    self.line_no += 1
+                    units.append(tail[:limit])
+                    nums.append(self.line_no)
+                    if len(units) >= n:
+                        return units, nums, False  # the end is reported by the next call
+                return units, nums, True
+            data = self._tail + chunk if self._tail else chunk
+            end = data.rfind(b"\n")
+            if end < 0:
+                if len(data) >= limit:
+                    # an oversized line with no newline yet: its head now, the rest skipped
+                    self.line_no += 1
+                    units.append(data[:limit])
+                    nums.append(self.line_no)
+                    self._tail = b""
+                    self._skip = True
+                else:
+                    self._tail = data
+                continue
+            self._lines = data[:end].split(b"\n")
+            self._next = 0
+            self._tail = data[end + 1 :]
+        return units, nums, False
+
+    def _read_lines(self, n: int, at_eof_final: bool) -> tuple[list[bytes], list[int], bool]:
+        """Up to ``n`` lines, a call per line (followed files: partial lines wait here)."""
+        assert self.fh is not None
         units: list[bytes] = []
         nums: list[int] = []
         readline = self.fh.readline

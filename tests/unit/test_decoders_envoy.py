@@ -138,8 +138,13 @@ def test_datadog_samples(envoy_dir: Path) -> None:
 
 
 def test_registry_points_here() -> None:
-    assert get_decoder("envoy_text") is decode_text
-    assert get_decoder("envoy_json") is decode_json
+    # the compiled decoders when built (same records: tests/unit/test_fastpath.py), else these
+    from detector import fastpath
+
+    assert get_decoder("envoy_text") is fastpath.decode_envoy_text
+    assert fastpath.COMPILED or fastpath.decode_envoy_text is decode_text
+    assert get_decoder("envoy_json") is fastpath.decode_envoy_json
+    assert fastpath.COMPILED or fastpath.decode_envoy_json is decode_json
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@ import io
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detector.errors import InfrastructureError
 from detector.sources import Batch
@@ -125,3 +127,42 @@ async def test_binary_and_pretty_json_files_are_one_unit(tmp_path: Path) -> None
     assert got[str(binary)] == [binary.read_bytes()]
     assert got[str(pretty)] == [pretty.read_bytes()]
     assert len(got[str(text)]) == 2  # a text log with garbage later stays line by line
+
+
+def _read_all(path: Path, limit: int, n: int, blocks: bool, block_bytes: int) -> list[object]:
+    from detector.sources.file import _Reader
+
+    r = _Reader(str(path), limit)
+    r.whole = False
+    r.block_bytes = block_bytes
+    out: list[object] = []
+    for _ in range(10_000):
+        got = r._read_blocks(n) if blocks else r._read_lines(n, at_eof_final=True)
+        out.append(got)
+        if got[2]:
+            break
+    r.close()
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([b"a", b"bc", b"\r", b"\n", b"\r\n", b"xxxxxxxxxxx", b"y" * 30, b"\n\n"]),
+        max_size=40,
+    ),
+    st.integers(min_value=1, max_value=7),
+    st.integers(min_value=1, max_value=40),
+    st.integers(min_value=1, max_value=12),
+)
+def test_block_reading_matches_line_reading(
+    parts: list[bytes], n: int, block: int, limit: int
+) -> None:
+    """Files read to their end go through blocks; the units, line numbers and end-of-file
+    signals are those of the line-at-a-time reader (the follow-mode path)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "f.log"
+        path.write_bytes(b"".join(parts))
+        assert _read_all(path, limit, n, True, block) == _read_all(path, limit, n, False, block)
