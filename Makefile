@@ -56,13 +56,14 @@ unit: $(STAMP)
 
 # Throughput beside a bare baseline in the same run (figures, never pass/fail): decode and
 # aggregate from files (also with 100,000 distinct edges), replay with and without scoring (and
-# scoring's cost per window), the Kafka path, the webhook outbox.
+# scoring's cost per window), the Kafka path, the webhook outbox, one replica beside two.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_file.py
 	$(BIN)/python benchmarks/bench_file.py --edges 100000 --formats envoy_json --modes core,run
 	$(BIN)/python benchmarks/bench_replay.py
 	$(BIN)/python benchmarks/bench_kafka.py
 	$(BIN)/python benchmarks/bench_outbox.py
+	$(BIN)/python benchmarks/bench_scaleout.py
 
 # The labelled evaluation: simulate 48 h of training and 12 h of test traffic with attacks and
 # traps, train, replay, and score the findings per scenario (about 10 minutes on 2 cores).

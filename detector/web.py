@@ -4,6 +4,8 @@ Contract:
 * ``/healthz``: 200 while the event loop answers (liveness: a stuck loop fails it).
 * ``/readyz``: 200 once the pipeline runs, every source has delivered or announced a stream,
   the model (when configured) is loaded and no sink has failed; 503 with the reasons otherwise.
+  A scale-out replica is ready once both stages run with partitions assigned (``more``), and
+  the edge owner has restored the handed-over state of its partitions.
 * ``/metrics``: the pipeline's registry in the Prometheus text format (``instrumentation``).
 * In approval mode the same server answers the signed approve/deny links
   (``/v1/approvals/{action_id}/{approve|deny}``, see ``remediation.rails``).
