@@ -3,7 +3,8 @@ included, with nothing to install or configure.
 
 Contract: ``prepare(model_dir)`` trains a model on ``train_hours`` of simulated traffic (no
 scenarios) ending where the live hour starts, writes it to ``model_dir``, and returns the
-config of the live run: the simulator replaying the last whole hour before now at ``speedup``
+config of the live run: the simulator replaying the last whole hour before now (or the hour
+``DETECTOR_DEMO_START`` names) at ``speedup``
 with every labelled attack and trap compressed into it, scored with that model, windows and
 findings printed to the console, actions proposed in dry run. Deterministic for a given hour.
 """
@@ -11,11 +12,13 @@ findings printed to the console, actions proposed in dry run. Deterministic for 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from detector.config import DetectorConfig, parse_config
+from detector.errors import ConfigError
 from detector.pipeline import Pipeline, PipelineSettings
 from detector.replay import _WindowCollector, finish_training
 from detector.scoring import Scorer
@@ -25,6 +28,14 @@ CIDRS = {"10.10.0.0/16": "prod-eu", "10.20.0.0/16": "prod-us", "10.30.0.0/16": "
 
 
 def live_start() -> float:
+    """The last whole hour before now; ``DETECTOR_DEMO_START`` (epoch seconds) pins another
+    hour, for a demo that shows the same thing every time (docs, tests)."""
+    pinned = os.environ.get("DETECTOR_DEMO_START")
+    if pinned:
+        try:
+            return float(int(float(pinned)) // 3600 * 3600)
+        except ValueError:
+            raise ConfigError(f"DETECTOR_DEMO_START={pinned!r} is not epoch seconds") from None
     return float((time.time() // 3600 - 1) * 3600)
 
 

@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 
 # watermark streams of the edge owner: "origin:<internal partition>|<input partition>"
 ORIGIN_PREFIX = "origin:"
+HOLD_PREFIX = "hold:"  # holds the watermark until an assigned partition's first clock message
 CLOCK_INTERVAL_S = 0.5  # how often an ingest replica announces its input partitions' clocks
 
 
@@ -154,6 +155,7 @@ class Repartitioner(Pipeline):
         self._inflight: list[asyncio.Future[Any]] = []
         self._clocks_at = -math.inf
         self._announced: frozenset[str] = frozenset()
+        self._stale = _StaleBatches()
 
     @property
     def partitions(self) -> int:
@@ -177,6 +179,8 @@ class Repartitioner(Pipeline):
                 await producer.stop()
 
     def process_batch(self, batch: Batch) -> None:
+        if self._stale.skip(batch):
+            return
         records = self.prepare_batch(batch)
         if records is None:
             return
@@ -238,6 +242,7 @@ class Repartitioner(Pipeline):
         await self._send_pending()
         await self._await_acks()
         await super()._on_revoked(streams)
+        self._stale.revoked(streams)
 
     # -- producer ----------------------------------------------------------------------------
 
@@ -289,10 +294,12 @@ class Repartitioner(Pipeline):
         if not clocks or not (force or now - self._clocks_at >= CLOCK_INTERVAL_S):
             return
         self._clocks_at = now
+        await self._send_clock_unit(encode_clocks(clocks))
+
+    async def _send_clock_unit(self, unit: bytes) -> None:
         producer = self._producer
         if producer is None:
             raise InfrastructureError("scale-out producer is not running")
-        unit = encode_clocks(clocks)
         from aiokafka.errors import KafkaError
 
         try:
@@ -304,11 +311,19 @@ class Repartitioner(Pipeline):
             ) from None
 
     async def _send_pending(self) -> None:
-        streams = frozenset(self.aggregator.stream_clocks())
-        new_streams = streams != self._announced
-        self._announced = streams
-        # Clocks go first: an input partition is known to every edge owner before its records.
-        await self._send_clocks(force=new_streams)
+        clocks = self.aggregator.stream_clocks()
+        new = set(clocks) - self._announced
+        self._announced = frozenset(clocks)
+        if new:
+            # A newly assigned input partition is announced (no event time yet) before its
+            # first records, so it holds every edge owner's watermark from the start.
+            await self._send_clock_unit(encode_clocks({s: (None, False) for s in new}))
+        await self._send_records()
+        # Clocks go after the records they cover: "everything up to this event time was sent
+        # before this message" must hold in every internal partition.
+        await self._send_clocks(force=bool(new))
+
+    async def _send_records(self) -> None:
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
@@ -341,6 +356,27 @@ class Repartitioner(Pipeline):
             raise InfrastructureError(
                 f"scale-out: broker did not acknowledge records for {self.scale.topic}: {e!r}"
             ) from None
+
+
+class _StaleBatches:
+    """Batches of a revoked partition that still waited in the pipeline's queue. Its next owner
+    (maybe this replica again, after an eager rebalance) reads them again from the commit, so
+    processing them would count them twice. The source announces a (re)assigned partition with
+    an empty batch, queued after every stale one: from there on its batches are fresh."""
+
+    def __init__(self) -> None:
+        self._revoked: set[str] = set()
+
+    def revoked(self, streams: Sequence[str]) -> None:
+        self._revoked.update(streams)
+
+    def skip(self, batch: Batch) -> bool:
+        if batch.stream not in self._revoked:
+            return False
+        if not batch.units and not batch.end:
+            self._revoked.discard(batch.stream)  # the announcement of a new assignment
+            return False
+        return bool(batch.units)
 
 
 def _chunks(records: list[FlowRecord], step: int) -> list[list[FlowRecord]]:
@@ -386,20 +422,25 @@ class EdgeOwnerPipeline(Pipeline):
         self._horizon: dict[str, float] = {}
         self._owned: set[str] = set()
         self._origin_seen: dict[str, float] = {}  # input partition -> last announced (monotonic)
+        self._stale = _StaleBatches()
+        self._unclocked: set[str] = set()  # assigned partitions whose first clock is unread
         self.duplicates_dropped = 0
         # per internal stream, per input partition: the highest offset taken
         self._hw: dict[str, dict[str | None, int]] = {}
 
     def process_batch(self, batch: Batch) -> None:
-        if not batch.units:
-            self.prepare_batch(batch)  # registers or ends the stream
-            return
-        stream = batch.stream
-        if stream not in self._owned:
-            # Fetched before a rebalance took the partition away (it waited in the queue):
-            # its new owner reads it again from our commit; counting it here would double it.
+        if self._stale.skip(batch):
             self.stale_dropped += len(batch.units)
             return
+        if not batch.units:
+            self.prepare_batch(batch)  # registers or ends the stream
+            if not batch.end:
+                # (Re)assigned: read from the commit, records may come before the first clock
+                # message names every input partition; until then nothing may close.
+                self.aggregator.register_stream(HOLD_PREFIX + batch.stream)
+                self._unclocked.add(batch.stream)
+            return
+        stream = batch.stream
         self._stream_wall[stream] = time.monotonic()
         units, offsets = self._take_clocks(batch)
         records: list[FlowRecord] = []
@@ -465,6 +506,9 @@ class EdgeOwnerPipeline(Pipeline):
                     agg.note_event_time(name, ts)
                 agg.mark_idle(name, idle)
                 self._origin_seen[name] = now
+            if batch.stream in self._unclocked:
+                self._unclocked.discard(batch.stream)
+                agg.forget_stream(HOLD_PREFIX + batch.stream)
         return units, offsets
 
     async def _on_idle(self) -> None:
@@ -589,10 +633,13 @@ class EdgeOwnerPipeline(Pipeline):
         # windows of their identities: the next owner rebuilds them from that commit.
         await self._publish_state()
         await super()._on_revoked(streams)
+        self._stale.revoked(streams)
         self._owned.difference_update(streams)
         self._elect_mesh_wide_reporter()
         for stream in streams:
             self._hw.pop(stream, None)
+            self._unclocked.discard(stream)
+            self.aggregator.forget_stream(HOLD_PREFIX + stream)
             prefix = f"{ORIGIN_PREFIX}{stream}|"
             for name in [n for n in self._origin_seen if n.startswith(prefix)]:
                 del self._origin_seen[name]
