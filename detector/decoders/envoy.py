@@ -258,7 +258,7 @@ def ip_of(addr: str | None) -> str | None:
         return addr[1:end] if end > 1 else None
     if addr.count(":") == 1:
         ip = addr.partition(":")[0]
-        return ip or None
+        return ip if ip and ip != "-" else None
     if addr[:1] == "/" or "://" in addr:
         return None
     return addr
@@ -280,7 +280,7 @@ def _svc_ns(host: str) -> tuple[str, str | None]:
     i = host.find(".svc")
     if i > 0 and (len(host) == i + 4 or host[i + 4] == "."):
         name, _, ns = host[:i].partition(".")
-        if ns and "." not in ns:
+        if name and ns and "." not in ns:  # ".foo.svc..." names no service: kept whole
             return name, ns
     return host, None
 
@@ -338,7 +338,7 @@ def parse_upstream_cluster(cluster: str | None) -> _ClusterInfo:
         port = int(p) if p.isdigit() and p.isascii() and len(p) <= 5 else None
         svc: str | None = None
         ns: str | None = None
-        if parts[3]:
+        if parts[3] and parts[3] != "-":  # "-": Envoy's "no value"
             svc, ns = _svc_ns(parts[3].lower())
         res = (parts[0], port, svc, ns)
     if len(_cluster_cache) >= _CACHE_MAX:
@@ -356,6 +356,8 @@ def _sni_host(sni: str | None) -> tuple[str | None, str | None, int | None]:
         if len(parts) == 4:
             p = parts[1]
             port = int(p) if p.isdigit() and p.isascii() and len(p) <= 5 else None
+            if not parts[3] or parts[3] == "-":  # no host: no service
+                return None, None, port
             svc, ns = _svc_ns(parts[3].lower())
             return svc, ns, port
         return None, None, None
@@ -390,7 +392,7 @@ def _xff_peer(xff: str | None) -> str | None:
     if xff is None:
         return None
     ip = xff.rpartition(",")[2].strip()
-    return ip_of(ip) if ip else None
+    return ip_of(ip) if ip and ip != "-" else None
 
 
 def _route(path: str | None) -> str | None:
@@ -517,7 +519,8 @@ def _build(
     if downstream_remote is not None:
         # ip_of, inlined for the common "a.b.c.d:port"
         if downstream_remote.count(":") == 1 and downstream_remote[:1] != "[":
-            src_ip = downstream_remote.partition(":")[0] or None
+            head = downstream_remote.partition(":")[0]
+            src_ip = head if head and head != "-" else None
         else:
             src_ip = ip_of(downstream_remote)
     else:

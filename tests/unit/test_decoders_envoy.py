@@ -483,3 +483,12 @@ def test_upstream_cluster_parsing() -> None:
     )
     assert parse_upstream_cluster("inbound|8000||") == ("inbound", 8000, None, None)
     assert parse_upstream_cluster("PassthroughCluster") == (None, None, None, None)
+
+
+def test_cluster_fqdn_without_a_service_name_is_not_an_empty_service() -> None:
+    # found by the fuzzer: "outbound|8000||.foo.svc.cluster.local" once gave dst_service ""
+    from detector.decoders.envoy import parse_upstream_cluster
+
+    _, port, svc, ns = parse_upstream_cluster("outbound|8000||.foo.svc.cluster.local")
+    assert port == 8000 and svc and svc != "" and ns is None
+    assert parse_upstream_cluster("inbound|8000||-")[2] is None  # "-" is no value
