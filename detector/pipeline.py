@@ -284,10 +284,16 @@ class Pipeline:
         # window it fed, and the batch's first offset is a safe lower bound for every record.
         if records:
             agg.add_batch(stream, records, batch.offsets[0])
-        agg.note_offset(stream, batch.offsets[-1])
-        self.stats.records += len(records)
+        self._finish_batch(batch, len(records))
+
+    def _finish_batch(self, batch: Batch, records: int) -> None:
+        """A batch's units are seen (whatever became of them): move the stream's position, count,
+        end the stream if it ended, report progress."""
+        agg = self.aggregator
+        agg.note_offset(batch.stream, batch.offsets[-1])
+        self.stats.records += records
         if batch.end:
-            agg.end_stream(stream)
+            agg.end_stream(batch.stream)
         if self.on_progress is not None:
             self.on_progress(batch)
 
@@ -333,13 +339,18 @@ class Pipeline:
         return out
 
     def _drain_all(self) -> list[EdgeWindow]:
-        if self.joiner is not None:
-            rest = self.joiner.expire(math.inf)
-            if rest:
-                fill = self.resolver.resolve
-                static = StaticAttrs()
-                self.aggregator.add_batch("span-join", [fill(r, static) for r in rest])
+        rest = self._unjoined_rest()
+        if rest:
+            self.aggregator.add_batch("span-join", rest)
         return self.aggregator.flush()
+
+    def _unjoined_rest(self) -> list[FlowRecord]:
+        """End of input: the span halves still waiting for their other half, resolved."""
+        if self.joiner is None:
+            return []
+        fill = self.resolver.resolve
+        static = StaticAttrs()
+        return [fill(r, static) for r in self.joiner.expire(math.inf)]
 
     def _bad(
         self, stream: str, off: int | None, reason: str, unit: bytes, detail: str = ""

@@ -184,7 +184,13 @@ class Repartitioner(Pipeline):
         records = self.prepare_batch(batch)
         if records is None:
             return
-        stream = batch.stream
+        newest = self._bucket(records)
+        if newest > -math.inf:
+            self.aggregator.note_event_time(batch.stream, newest)  # the span joiner's clock
+        self._finish_batch(batch, len(records))
+
+    def _bucket(self, records: list[FlowRecord]) -> float:
+        """Queue ``records`` by the internal partition of their caller; their newest event time."""
         n = self._partitions
         pending = self._pending
         newest = -math.inf
@@ -201,15 +207,7 @@ class Repartitioner(Pipeline):
                 bucket.append(r)
             if r.ts > newest:
                 newest = r.ts
-        agg = self.aggregator
-        if newest > -math.inf:
-            agg.note_event_time(stream, newest)  # the span joiner's clock
-        agg.note_offset(stream, batch.offsets[-1])
-        self.stats.records += len(records)
-        if batch.end:
-            agg.end_stream(stream)
-        if self.on_progress is not None:
-            self.on_progress(batch)
+        return newest
 
     async def _after_batch(self) -> None:
         await self._send_pending()
@@ -220,17 +218,7 @@ class Repartitioner(Pipeline):
         await self._emit([])  # metrics
 
     def _drain_all(self) -> list[Any]:
-        if self.joiner is not None:
-            from detector.sources import StaticAttrs
-
-            rest = self.joiner.expire(math.inf)
-            fill = self.resolver.resolve
-            static = StaticAttrs()
-            for r in rest:
-                r = fill(r, static)
-                self._pending.setdefault(
-                    partition_of(record_identity(r), self._partitions), []
-                ).append(r)
+        self._bucket(self._unjoined_rest())  # sent with the final commit
         return []
 
     async def _commit(self) -> None:
@@ -466,12 +454,7 @@ class EdgeOwnerPipeline(Pipeline):
                 agg.note_event_time(prefix + origin, ts)
         if records:
             agg.add_batch(stream, records, batch.offsets[0])
-        agg.note_offset(stream, batch.offsets[-1])
-        self.stats.records += len(records)
-        if batch.end:
-            agg.end_stream(stream)
-        if self.on_progress is not None:
-            self.on_progress(batch)
+        self._finish_batch(batch, len(records))
 
     def _take_clocks(self, batch: Batch) -> tuple[list[bytes], list[int]]:
         """Apply the clock messages of ``batch``; return its other units and their offsets.

@@ -114,19 +114,63 @@ def build_sinks(cfg: DetectorConfig) -> list[WindowSink]:
     return sinks
 
 
-def build_pipeline(cfg: DetectorConfig, sinks: list[WindowSink] | None = None) -> Pipeline:
-    dl = cfg.dead_letters
-    if sinks is None:
-        sinks = build_sinks(cfg)
-        if cfg.detection.model:
-            from detector.detection import from_config
+def _window_and_detection_sinks(cfg: DetectorConfig) -> list[WindowSink]:
+    sinks = build_sinks(cfg)
+    if cfg.detection.model:
+        from detector.detection import from_config
 
-            sinks.append(from_config(cfg, console=cfg.sinks.console.enabled))
+        sinks.append(from_config(cfg, console=cfg.sinks.console.enabled))
+    return sinks
+
+
+def _dead_letters(cfg: DetectorConfig) -> DeadLetters:
+    dl = cfg.dead_letters
+    return DeadLetters(dl.path, dl.max_records, dl.max_file_bytes, dl.keep_bytes)
+
+
+def build_pipeline(cfg: DetectorConfig, sinks: list[WindowSink] | None = None) -> Pipeline:
     return Pipeline(
         settings_from_config(cfg),
-        sinks=sinks,
-        dead_letters=DeadLetters(dl.path, dl.max_records, dl.max_file_bytes, dl.keep_bytes),
+        sinks=sinks if sinks is not None else _window_and_detection_sinks(cfg),
+        dead_letters=_dead_letters(cfg),
     )
+
+
+async def _serve(
+    pipeline: Pipeline,
+    listen: tuple[str, int] | None,
+    approval_secret: str | None,
+    more: tuple[Pipeline, ...] = (),
+) -> Any:
+    """The HTTP endpoints (and approval links) for ``pipeline``, or None without ``listen``."""
+    if listen is None:
+        return None
+    from detector.web import serve
+
+    base = None
+    stage = next((s for s in pipeline.sinks if hasattr(s, "decide")), None)
+    if approval_secret and stage is not None:
+        from detector.remediation import approval_app
+
+        base = approval_app(stage, approval_secret)  # type: ignore[arg-type]
+    server = await serve(pipeline, *listen, base=base, more=more)
+    log.info("serving /healthz /readyz /metrics on %s:%d", listen[0], server.port)
+    return server
+
+
+def _on_signals(loop: asyncio.AbstractEventLoop, handler: Any) -> list[signal.Signals]:
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, handler)
+            installed.append(sig)
+    return installed
+
+
+async def _close_sinks(pipeline: Pipeline) -> None:
+    for sink in pipeline.sinks:
+        with contextlib.suppress(Exception):
+            await sink.close()
 
 
 async def run_pipeline(
@@ -136,23 +180,8 @@ async def run_pipeline(
     approval_secret: str | None = None,
 ) -> PipelineStats:
     loop = asyncio.get_running_loop()
-    server = None
-    if listen is not None:
-        from detector.web import serve
-
-        base = None
-        stage = next((s for s in pipeline.sinks if hasattr(s, "decide")), None)
-        if approval_secret and stage is not None:
-            from detector.remediation import approval_app
-
-            base = approval_app(stage, approval_secret)  # type: ignore[arg-type]
-        server = await serve(pipeline, *listen, base=base)
-        log.info("serving /healthz /readyz /metrics on %s:%d", listen[0], server.port)
-    installed = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, pipeline.stop)
-            installed.append(sig)
+    server = await _serve(pipeline, listen, approval_secret)
+    installed = _on_signals(loop, pipeline.stop)
     try:
         return await pipeline.run(sources)
     finally:
@@ -160,9 +189,7 @@ async def run_pipeline(
             await server.close()
         for sig in installed:
             loop.remove_signal_handler(sig)
-        for sink in pipeline.sinks:
-            with contextlib.suppress(Exception):
-                await sink.close()
+        await _close_sinks(pipeline)
         pipeline.dead_letters.close()
 
 
@@ -214,11 +241,10 @@ def build_replica(cfg: DetectorConfig, sinks: list[WindowSink] | None = None) ->
     kafka_cfg = next(s for s in cfg.sources if isinstance(s, KafkaSourceConfig))
     kafka = KafkaSettings(**{k: getattr(kafka_cfg, k) for k in KafkaSettings.model_fields})
     metrics = Metrics()
-    dl = cfg.dead_letters
     settings = settings_from_config(cfg)
     ingest = Repartitioner(
         settings,
-        dead_letters=DeadLetters(dl.path, dl.max_records, dl.max_file_bytes, dl.keep_bytes),
+        dead_letters=_dead_letters(cfg),
         metrics=metrics,
         scale=scale,
         kafka=kafka,
@@ -234,15 +260,9 @@ def build_replica(cfg: DetectorConfig, sinks: list[WindowSink] | None = None) ->
         ),
         name="scale-out",
     )
-    if sinks is None:
-        sinks = build_sinks(cfg)
-        if cfg.detection.model:
-            from detector.detection import from_config
-
-            sinks.append(from_config(cfg, console=cfg.sinks.console.enabled))
     owner = EdgeOwnerPipeline(
         settings,
-        sinks=sinks,
+        sinks=sinks if sinks is not None else _window_and_detection_sinks(cfg),
         metrics=metrics,
         partitions=lambda: ingest.partitions,
         handover=HandoverLog(kafka, scale.state_topic_name, scale.replication_factor),
@@ -260,22 +280,8 @@ async def run_replica(
     loop = asyncio.get_running_loop()
     ingest, owner = replica.ingest, replica.owner
     stopping = replica.stopping
-    installed = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stopping.set)
-            installed.append(sig)
-    server = None
-    if listen is not None:
-        from detector.web import serve
-
-        base = None
-        stage = next((s for s in owner.sinks if hasattr(s, "decide")), None)
-        if approval_secret and stage is not None:
-            from detector.remediation import approval_app
-
-            base = approval_app(stage, approval_secret)  # type: ignore[arg-type]
-        server = await serve(owner, *listen, base=base, more=(ingest,))
+    installed = _on_signals(loop, stopping.set)
+    server = await _serve(owner, listen, approval_secret, more=(ingest,))
     await ingest.start()  # the internal topic exists before the edge owner subscribes to it
     ingest_task = asyncio.create_task(ingest.run(replica.ingest_sources))
     owner_task = asyncio.create_task(owner.run(replica.owner_sources))
@@ -303,9 +309,7 @@ async def run_replica(
             await server.close()
         for sig in installed:
             loop.remove_signal_handler(sig)
-        for sink in owner.sinks:
-            with contextlib.suppress(Exception):
-                await sink.close()
+        await _close_sinks(owner)
         ingest.dead_letters.close()
         owner.dead_letters.close()
 

@@ -25,7 +25,6 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,13 +36,10 @@ from aiokafka import AIOKafkaProducer
 from standardwebhooks import Webhook
 
 from detector.anomalies import SECURITY
-from detector.decoders.envoy import decode_json
-from detector.flows import Resolver
-from detector.repartition import partition_of, record_identity
-from detector.sources import StaticAttrs
 from tests.http_helpers import get, wait_for
 from tests.integration.conftest import free_port
-from tests.integration.test_kafka_pipeline import istio_json, unique_name
+from tests.integration.test_kafka_pipeline import unique_name
+from tests.integration.test_scale_out import sentinel_lines
 
 if TYPE_CHECKING:
     from conftest import KafkaHelper
@@ -116,28 +112,8 @@ class Receiver:
         return f"http://127.0.0.1:{self.server.server_port}/hook"
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.server.shutdown()
-
-
 def topics_for(live: Live, tag: str) -> dict[tuple[str, str], str]:
     return {k: f"{tag}-{k[0]}-{k[1]}" for k in live.streams}
-
-
-def sentinels(cluster: str, ts: float) -> list[bytes]:
-    """Istio lines far ahead in event time whose callers cover every internal partition."""
-    resolver, static = Resolver({}, {}), StaticAttrs(cluster=cluster)
-    covered: dict[int, bytes] = {}
-    i = 0
-    while len(covered) < INTERNAL_PARTITIONS:
-        line = istio_json(ts, f"sentinel{i}", "zz", "orders", "shop", 10**6 + i)
-        rec = resolver.resolve(decode_json(line, "x", 0)[0], static)
-        covered.setdefault(partition_of(record_identity(rec), INTERNAL_PARTITIONS), line)
-        i += 1
-    return list(covered.values())
 
 
 class ReplicaProc:
@@ -287,7 +263,8 @@ def finish(kafka: KafkaHelper, live: Live, tag: str, replicas: list[ReplicaProc]
     receiver went quiet."""
     time.sleep(3)  # the last input reaches the edge owners
     topic = topics_for(live, tag)[("prod-eu", "envoy_json")]
-    asyncio.run(kafka.produce(topic, sentinels("prod-eu", live.start + 4200), partition=0))
+    lines = sentinel_lines(live.start + 4200, "prod-eu", INTERNAL_PARTITIONS)
+    asyncio.run(kafka.produce(topic, lines, partition=0))
     last = live.start + 3600 - 60
 
     def all_closed() -> bool:

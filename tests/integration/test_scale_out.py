@@ -51,16 +51,18 @@ def data_lines(per_window: int) -> list[bytes]:
     return out
 
 
-def sentinel_lines() -> list[bytes]:
+def sentinel_lines(
+    ts: float = T0 + 600, cluster: str = "east", partitions: int = INTERNAL_PARTITIONS
+) -> list[bytes]:
     """Lines far ahead in event time whose callers cover every internal partition: each edge
     owner's watermark moves past the data windows, so every one of them closes."""
-    resolver, static = Resolver({}, {}), StaticAttrs(cluster="east")
+    resolver, static = Resolver({}, {}), StaticAttrs(cluster=cluster)
     covered: dict[int, bytes] = {}
     i = 0
-    while len(covered) < INTERNAL_PARTITIONS:
-        line = istio_json(T0 + 600, f"sentinel{i}", "zz", "orders", "shop", 10**6 + i)
+    while len(covered) < partitions:
+        line = istio_json(ts, f"sentinel{i}", "zz", "orders", "shop", 10**6 + i)
         rec = resolver.resolve(decode_json(line, "x", 0)[0], static)
-        covered.setdefault(partition_of(record_identity(rec), INTERNAL_PARTITIONS), line)
+        covered.setdefault(partition_of(record_identity(rec), partitions), line)
         i += 1
     return list(covered.values())
 
