@@ -68,6 +68,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Live:
     from detector.simulation.scenarios import default_scenarios
     from detector.sources.simulate import SimulatorSource
 
+    # What the hour holds depends on the hour of day (as for the demo): pin one, so the run is
+    # the same every time.
+    os.environ["DETECTOR_DEMO_START"] = "1796184000"
     model = tmp_path_factory.mktemp("restart") / "models"
     prepare(model, train_hours=3)  # the embedded demo's model: 3 h of simulated training
     start = live_start()
