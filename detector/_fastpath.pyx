@@ -21,11 +21,15 @@ Contract:
 * ``decode_envoy_json_units`` / ``decode_envoy_text_units(units, offsets, stream, max_bytes,
   slow)`` decode a batch: ``(records, bad_units)``; every unit not taken here (oversized, not
   the common shape, failing) goes to ``slow(unit, offset)``, the pipeline's per-unit path.
+  ``decode_auto_units`` is the same for ``auto`` batches: the units ``sniff`` names Envoy JSON
+  or text are decoded here, any other unit goes to ``slow`` (which sniffs it).
 * ``resolve_records(records, resolver, static)`` is ``[resolver.resolve(r, static) ...]``.
 * ``aggregate(agg, stream, records, first_offset)`` is ``WindowAggregator.add_batch`` for the
   same aggregator state; ``Acc`` is the compiled edge-window accumulator it creates (the
   attributes of ``detector.flows._Acc``; containers None until first needed), and
   ``materialise(w, ws, edges)`` turns a closed window's accumulators into ``EdgeWindow``s.
+* ``iso_seconds(head)`` is the whole-second part of ``envoy.parse_ts`` (None where it raises),
+  computed in C by the compiled time paths instead of a cache of seconds seen.
 * ``template_path(path)`` is ``flows.template_path``; ``has_spans(records)`` the pipeline's
   check for span halves.
 * Records made here hold only strings, numbers and None and are not tracked by the cyclic
@@ -38,7 +42,7 @@ from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_Check, PyTuple_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE, PyBytes_CheckExact
 from cpython.float cimport PyFloat_CheckExact, PyFloat_AS_DOUBLE
-from libc.string cimport memcmp, memcpy
+from libc.string cimport memchr, memcmp, memcpy
 from libc.stdint cimport uint64_t
 from libc.math cimport fmod, copysign
 
@@ -532,6 +536,52 @@ for _k in range(1, 16):
     _POW10[_k] = _POW10[_k - 1] * 10.0
 
 
+cdef inline int _d2(const unsigned char* t) noexcept nogil:
+    """Two ASCII digits as a number, or -1."""
+    if 0x30 <= t[0] <= 0x39 and 0x30 <= t[1] <= 0x39:
+        return (t[0] - 0x30) * 10 + (t[1] - 0x30)
+    return -1
+
+
+cdef bint _iso_seconds(const unsigned char* t, double* out) noexcept nogil:
+    """``YYYY-MM-DD[Tt ]HH:MM:SS`` (the first 19 bytes of ``t``) -> epoch seconds (UTC), with the
+    checks and result of ``envoy.parse_ts``: days past a month's end and second 60 roll over as
+    ``calendar.timegm`` rolls them. False when it is not such a time (the caller hands over)."""
+    cdef int hi = _d2(t), lo = _d2(t + 2), mo = _d2(t + 5), da = _d2(t + 8)
+    cdef int h = _d2(t + 11), mi = _d2(t + 14), se = _d2(t + 17)
+    cdef long long y, era, yoe, doy, doe, m
+    if (
+        hi < 0 or lo < 0 or t[4] != 0x2D or t[7] != 0x2D or t[13] != 0x3A or t[16] != 0x3A
+        or not (t[10] == 0x54 or t[10] == 0x74 or t[10] == 0x20)
+        or not (1 <= mo <= 12 and 1 <= da <= 31 and 0 <= h <= 23 and 0 <= mi <= 59 and 0 <= se <= 60)
+    ):
+        return False
+    y = hi * 100 + lo
+    if y < 1:
+        return False  # timegm refuses year 0
+    # days from 1970-01-01 to the month's first day (H. Hinnant's days_from_civil), then the
+    # day of the month added as timegm adds it (date(y, m, 1).toordinal() + day - 1)
+    m = mo
+    if m <= 2:
+        y -= 1
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    out[0] = <double>(
+        ((era * 146097 + doe - 719468) + da - 1) * 86400 + h * 3600 + mi * 60 + se
+    )
+    return True
+
+
+def iso_seconds(bytes head):
+    """``_iso_seconds`` for tests: epoch seconds of a 19-byte time head, or None."""
+    cdef double out
+    if len(head) < 19 or not _iso_seconds(<const unsigned char*>PyBytes_AS_STRING(head), &out):
+        return None
+    return out
+
+
 cdef object _ts_fast(const unsigned char* p, Scan* s, int slot):
     """``start_time`` as ``from_mapping`` reads it: the cached-second fast path, else ``_ts_of``."""
     cdef int k = s.kind[slot]
@@ -541,9 +591,9 @@ cdef object _ts_fast(const unsigned char* p, Scan* s, int slot):
     cdef double frac
     if k != V_STR:
         raise _Handover()  # epoch numbers: rare, the decoder reads them
+    cdef double base
     if n >= 22 and n - 21 <= 36 and t[19] == 0x2E and t[n - 1] == 0x5A:  # ".", "Z"
-        base = _sec_cache.get(_str(t, 19))
-        if base is not None:
+        if _iso_seconds(t, &base):
             for j in range(20, n - 1):
                 if not (0x30 <= t[j] <= 0x39):
                     break
@@ -554,7 +604,7 @@ cdef object _ts_fast(const unsigned char* p, Scan* s, int slot):
                     frac = 0.0
                     for j in range(20, n - 1):
                         frac = frac * 10.0 + (t[j] - 0x30)
-                    return PyFloat_AS_DOUBLE(base) + frac / _POW10[n - 21]
+                    return base + frac / _POW10[n - 21]
                 buf[0] = 0x30  # "0." + digits, read the way float() reads it
                 buf[1] = 0x2E
                 memcpy(buf + 2, t + 20, n - 21)
@@ -1101,17 +1151,16 @@ cdef object _text_ts(const unsigned char* p, Scan* s):
     cannot read is ``bad_timestamp`` (no epoch numbers in text lines)."""
     cdef Py_ssize_t n = s.length[K_START_TIME], j
     cdef const unsigned char* t = p + s.start[K_START_TIME]
-    cdef double frac
+    cdef double frac, base
     if n >= 22 and n - 21 <= 15 and t[19] == 0x2E and t[n - 1] == 0x5A:
-        base = _sec_cache.get(_str(t, 19))
-        if base is not None:
+        if _iso_seconds(t, &base):
             frac = 0.0
             for j in range(20, n - 1):
                 if not (0x30 <= t[j] <= 0x39):
                     break
                 frac = frac * 10.0 + (t[j] - 0x30)
             else:
-                return PyFloat_AS_DOUBLE(base) + frac / _POW10[n - 21]
+                return base + frac / _POW10[n - 21]
     try:
         return _parse_ts(PyUnicode_FromStringAndSize(<const char*>t, n))
     except ValueError:
@@ -1164,6 +1213,72 @@ def decode_envoy_text_units(list units, list offsets, stream, Py_ssize_t max_byt
             out.extend(recs)
     return out, bad
 
+
+
+# ---------------------------------------------------------------------------------------------
+# ``auto`` batches: the access-log units ``sniff`` would name, decoded here
+
+cdef enum:
+    _SNIFF_HEAD = 600  # ``sniff._HEAD``
+
+
+cdef bint _wrapper_head(const unsigned char* p, Py_ssize_t n) noexcept nogil:
+    """``b'"log":' in head or b'"kubernetes":' in head`` (``sniff``'s wrapper check)."""
+    cdef const unsigned char* q = p
+    cdef const unsigned char* end = p + n
+    while q < end:
+        q = <const unsigned char*>memchr(q, 34, end - q)  # the next '"'
+        if q == NULL:
+            return False
+        if end - q >= 6 and memcmp(q, b'"log":', 6) == 0:
+            return True
+        if end - q >= 13 and memcmp(q, b'"kubernetes":', 13) == 0:
+            return True
+        q += 1
+    return False
+
+
+def decode_auto_units(list units, list offsets, stream, Py_ssize_t max_bytes, slow):
+    """``decode_envoy_json_units`` for ``auto`` batches (same contract): a unit ``sniff`` names
+    Envoy JSON (it opens with ``{"start_time"`` and its head holds no wrapper key) or Envoy text
+    (``[`` and two digits) is decoded here as that format; every other unit, and any unit the
+    compiled decoders do not take whole, goes to ``slow``, which sniffs it itself."""
+    cdef list out = []
+    cdef Py_ssize_t bad = 0, i, size, n = min(len(units), len(offsets))
+    cdef Scan s
+    cdef const unsigned char* p
+    for i in range(n):
+        unit = units[i]
+        off = offsets[i]
+        if PyBytes_CheckExact(unit) and PyBytes_GET_SIZE(unit) <= max_bytes:
+            p = <const unsigned char*>PyBytes_AS_STRING(unit)
+            size = PyBytes_GET_SIZE(unit)
+            if size >= 13 and memcmp(p, b'{"start_time"', 13) == 0:
+                if not _wrapper_head(p, size if size < _SNIFF_HEAD else _SNIFF_HEAD) and _scan(
+                    p, size, &s
+                ):
+                    try:
+                        out.append(_record_of(p, &s, stream, off))
+                        continue
+                    except _Handover:
+                        pass
+                    except Exception:
+                        pass  # the per-unit path raises it again and dead-letters the unit
+            elif (
+                size >= 3 and p[0] == 91 and 48 <= p[1] <= 57 and 48 <= p[2] <= 57  # "[dd"
+                and _scan_text(p, _text_len(p, size), &s)
+            ):
+                try:
+                    out.append(_record_from(_text_ts(p, &s), p, &s, stream, off))
+                    continue
+                except Exception:
+                    pass
+        recs = slow(unit, off)
+        if recs is None:
+            bad += 1
+        else:
+            out.extend(recs)
+    return out, bad
 
 # ---------------------------------------------------------------------------------------------
 # Windowed aggregation (``WindowAggregator.add_batch``)

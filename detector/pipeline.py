@@ -209,15 +209,9 @@ class Pipeline:
             decode = self._decoders[batch.fmt] = get_decoder(batch.fmt)
         stream = batch.stream
         maxb = self.settings.max_record_bytes
+        # Compiled loops take the units they can (for ``auto``: the access-log units ``sniff``
+        # names); anything else goes through ``slow``, so records and dead letters are the same.
         fused = fastpath.batch_decoder(batch.fmt)
-        if fused is None and batch.fmt == "auto":
-            # A batch of one access-log format (the common case, even when sniffed) goes to
-            # that format's batch decoder; anything it does not take whole still goes through
-            # ``auto`` unit by unit (``slow``), so records and dead letters are the same.
-            from detector.decoders.sniff import uniform_format
-
-            same = uniform_format(batch.units)
-            fused = fastpath.batch_decoder(same) if same is not None else None
         if fused is not None:
 
             def slow(unit: bytes, off: int) -> list[FlowRecord] | None:

@@ -10,8 +10,8 @@ their payload is then sniffed again), then formats with unmistakable keys (Hubbl
 OTLP ``resourceSpans``/``resourceLogs``, Kubernetes audit ``auditID``, Linkerd ``client.id``),
 and Istio/Envoy JSON last, as it has no fixed key set.
 
-``uniform_format(units)`` says when a whole batch is one of the two access-log formats by those
-same first checks, so the pipeline can decode it with that format's (compiled) batch decoder.
+The compiled ``auto`` batch loop (``fastpath.batch_decoder("auto")``) repeats the checks that
+name Envoy JSON and text, so it decodes exactly the units ``sniff`` would send there.
 """
 
 from __future__ import annotations
@@ -66,32 +66,6 @@ def sniff(data: bytes) -> str | None:
         return "otlp_proto"
     # Protobuf messages start with a field tag (0x0a for field 1) which is not text.
     return "otlp_proto" if c < b" " else None
-
-
-def uniform_format(units: list[bytes]) -> str | None:
-    """``envoy_json`` or ``envoy_text`` when a whole batch can go to that format's batch decoder
-    (which hands any unit it cannot read whole to ``auto``); None otherwise.
-
-    Text: the first unit opens with ``[`` and two digits, as ``sniff`` checks first (a unit the
-    text decoder cannot read goes to ``auto`` anyway). JSON: every unit opens with
-    ``{"start_time"`` and no unit holds a wrapper key, checked over the joined batch in C: a JSON
-    unit of another format must never reach the access-log decoder."""
-    if not units:
-        return None
-    first = units[0]
-    if first[:1] == b"[":
-        return "envoy_text" if first[1:3].isdigit() else None
-    if first.startswith(b'{"start_time"'):
-        joined = b"\n".join(units)
-        n = len(units) - 1
-        if (
-            joined.count(b"\n") == n  # no unit holds a newline: the count below is exact
-            and joined.count(b'\n{"start_time"') == n
-            and b'"log":' not in joined
-            and b'"kubernetes":' not in joined
-        ):
-            return "envoy_json"
-    return None
 
 
 def decode(data: bytes, source: str | None = None, offset: int | None = None) -> list[FlowRecord]:

@@ -735,3 +735,50 @@ def test_compiled_resolution_matches(
     want = [resolver.resolve(r, static) for r in recs]
     got = compiled.resolve_records(recs, resolver, static)
     assert [(type(r), tuple(r)) for r in got] == [(type(r), tuple(r)) for r in want]
+
+
+def _reference_seconds(head: str) -> float | None:
+    """The whole-second part ``envoy.parse_ts`` gives (None where it raises), uncached."""
+    envoy._sec_cache.clear()
+    try:
+        return envoy.parse_ts(head + "Z")
+    except ValueError:
+        return None
+
+
+@needs_compiled
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=9999),
+    st.integers(min_value=0, max_value=13),
+    st.integers(min_value=0, max_value=32),
+    st.integers(min_value=0, max_value=24),
+    st.integers(min_value=0, max_value=60),
+    st.integers(min_value=0, max_value=61),
+    st.sampled_from("Tt x"),
+)
+def test_compiled_seconds_match_parse_ts(
+    y: int, mo: int, d: int, h: int, mi: int, s: int, sep: str
+) -> None:
+    head = f"{y:04d}-{mo:02d}-{d:02d}{sep}{h:02d}:{mi:02d}:{s:02d}"
+    assert compiled.iso_seconds(head.encode()) == _reference_seconds(head)
+
+
+@needs_compiled
+@pytest.mark.parametrize(
+    "head",
+    [
+        "1970-01-01T00:00:00",
+        "2024-02-29T23:59:60",  # a leap second rolls over as timegm rolls it
+        "2023-02-31T00:00:00",  # so does a day past the month's end
+        "2100-03-01T00:00:00",
+        "0001-01-01T00:00:00",
+        "0000-01-01T00:00:00",
+        "2024-05-01 12:00:00",
+        "2024-05-01T12:00:0x",
+        "2024-05-01T12-00:00",
+        "+024-05-01T12:00:00",
+    ],
+)
+def test_compiled_seconds_match_parse_ts_at_edges(head: str) -> None:
+    assert compiled.iso_seconds(head.encode()) == _reference_seconds(head)

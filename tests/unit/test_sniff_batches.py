@@ -1,18 +1,23 @@
-"""``auto`` batches of one access-log format go to that format's batch decoder.
+"""``auto`` batches decode exactly as ``auto`` does unit by unit.
 
-Pinned: for batches that ``uniform_format`` names, ``Pipeline.decode_batch`` with ``auto`` gives
-exactly the records and dead letters of decoding each unit with ``auto`` (real fixture lines, a
-malformed line, a wrapped line, a mixed batch); mixed or wrapped batches are not named.
+Pinned: ``Pipeline.decode_batch`` with ``auto`` (the compiled loop that takes the units ``sniff``
+names Envoy JSON or text, when built) gives exactly the records and dead-letter count of decoding
+each unit with ``sniff.decode``, for every line of every fixture shuffled into mixed batches,
+wrapped lines, lines led by whitespace, truncated and garbage lines. On the compiled path the
+access-log units never reach the per-unit path, and every other unit does.
 """
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
+from detector import fastpath
 from detector.decoders.sniff import decode as auto
-from detector.decoders.sniff import uniform_format
+from detector.decoders.sniff import sniff
 from detector.errors import DecodeError
 from detector.pipeline import Pipeline
+from detector.records import FlowRecord
 from detector.sources import Batch
 
 JSON = (
@@ -21,15 +26,42 @@ JSON = (
     b'"upstream_cluster":"inbound|80||","downstream_remote_address":"10.0.0.1:5",'
     b'"authority":"a.b.svc.cluster.local:80","downstream_peer_uri_san":"spiffe://td/ns/x/sa/y"}'
 )
+WRAPPED = b'{"start_time":"x","log":"[2024-05-01T12:00:00.000Z] \\"GET / HTTP/1.1\\" 200"}'
+CRAFTED = [
+    JSON,
+    JSON.replace(b'"/a"', b'"/b"'),
+    JSON[:-20],  # truncated: dead-lettered
+    b" " + JSON,  # led by whitespace: sniffed after lstrip, so the per-unit path takes it
+    WRAPPED,
+    JSON[:-1] + b',"kubernetes":{"pod_name":"p"}}',  # a wrapper key in the head
+    b"[2024-05-01T12:00:00.000Z] garbage",
+    b"[12",
+    b"junk",
+]
 
 
-def text_lines(fixtures_dir: Path) -> list[bytes]:
-    path = fixtures_dir / "envoy-istio" / "istio-io_access-log-task_TEXT.log"
-    return [ln for ln in path.read_bytes().splitlines() if ln.startswith(b"[")]
+class Counting(Pipeline):
+    """A pipeline that counts the units its per-unit path sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.slow_units: list[bytes] = []
+
+    def _decode_unit(self, decode, stream, unit, off):  # type: ignore[no-untyped-def]
+        self.slow_units.append(unit)
+        return super()._decode_unit(decode, stream, unit, off)
 
 
-def per_unit(units: list[bytes]) -> tuple[list[object], int]:
-    out: list[object] = []
+def fixture_lines(fixtures_dir: Path) -> list[bytes]:
+    lines: list[bytes] = []
+    for path in sorted(fixtures_dir.rglob("*")):
+        if path.is_file() and path.suffix in (".log", ".json", ".jsonl"):
+            lines.extend(ln for ln in path.read_bytes().splitlines() if ln.strip())
+    return lines
+
+
+def per_unit(units: list[bytes]) -> tuple[list[FlowRecord], int]:
+    out: list[FlowRecord] = []
     bad = 0
     for i, u in enumerate(units):
         try:
@@ -39,33 +71,35 @@ def per_unit(units: list[bytes]) -> tuple[list[object], int]:
     return out, bad
 
 
-def batched(units: list[bytes]) -> tuple[list[object], int]:
-    p = Pipeline()
+def batched(units: list[bytes], pipeline: Pipeline | None = None) -> tuple[list[FlowRecord], int]:
+    p = pipeline or Pipeline()
     recs = p.decode_batch(Batch("s", "auto", units, list(range(1, len(units) + 1))), False)
     return list(recs), p.stats.bad_units
 
 
-def test_uniform_batches_decode_as_unit_by_unit(fixtures_dir: Path) -> None:
-    text = text_lines(fixtures_dir)
-    assert text and uniform_format(text) == "envoy_text"
-    json_batch = [JSON, JSON.replace(b'"/a"', b'"/b"'), JSON[:-20]]  # the last one is truncated
-    assert uniform_format(json_batch) == "envoy_json"
-    for units in (text, json_batch, [*text, b"[2024-05-01T12:00:00.000Z] garbage"]):
-        assert batched(units) == per_unit(units)
-    assert batched(json_batch)[1] == 1  # the truncated line is dead-lettered, the rest kept
+def test_mixed_batches_decode_as_unit_by_unit(fixtures_dir: Path) -> None:
+    lines = fixture_lines(fixtures_dir) + CRAFTED
+    assert {sniff(u) for u in lines} >= {"envoy_json", "envoy_text", "hubble", "k8s_audit"}
+    rng = random.Random(7)
+    for _ in range(5):
+        rng.shuffle(lines)
+        for start in range(0, len(lines), 97):
+            units = lines[start : start + 97]
+            assert batched(units) == per_unit(units)
+    recs, bad = batched(CRAFTED)
+    # dead letters: the truncated line, the wrapped line's payload, two garbage lines, junk
+    assert bad == 5 and len(recs) == 4
 
 
-def test_mixed_or_wrapped_batches_are_not_named(fixtures_dir: Path) -> None:
-    text = text_lines(fixtures_dir)
-    wrapped = b'{"start_time":"x","log":"[2024-05-01T12:00:00.000Z] ..."}'
-    assert uniform_format([JSON, text[0]]) is None
-    assert uniform_format([JSON, JSON + b"\n" + JSON]) is None  # a unit holding a newline
-    assert uniform_format([JSON, wrapped]) is None
-    assert uniform_format([b' ' + JSON]) is None
-    assert uniform_format([]) is None
-    mixed = [JSON, text[0], wrapped]
-    assert batched(mixed) == per_unit(mixed)
-    # text batches are named by their first unit: the others still decode as ``auto`` would
-    text_first = [text[0], JSON, wrapped, b"junk"]
-    assert uniform_format(text_first) == "envoy_text"
-    assert batched(text_first) == per_unit(text_first)
+def test_access_log_units_skip_the_per_unit_path(fixtures_dir: Path) -> None:
+    # the Istio >= 1.9 text layout, the one the compiled tokenizer reads
+    path = fixtures_dir / "envoy-istio" / "istio-io_access-log-task_TEXT.log"
+    text = [ln for ln in path.read_bytes().splitlines() if ln.startswith(b"[20")]
+    units = [JSON, *text, WRAPPED, b" " + JSON, JSON.replace(b'"/a"', b'"/c"')]
+    p = Counting()
+    assert batched(units, p) == per_unit(units)
+    if fastpath.batch_decoder("auto") is None:
+        assert len(p.slow_units) == len(units)  # pure Python: every unit goes unit by unit
+        return
+    # compiled: only the wrapped and the whitespace-led units take the per-unit path
+    assert p.slow_units == [WRAPPED, b" " + JSON]
