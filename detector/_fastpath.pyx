@@ -21,8 +21,10 @@ Contract:
 * ``decode_envoy_json_units`` / ``decode_envoy_text_units(units, offsets, stream, max_bytes,
   slow)`` decode a batch: ``(records, bad_units)``; every unit not taken here (oversized, not
   the common shape, failing) goes to ``slow(unit, offset)``, the pipeline's per-unit path.
-  ``decode_auto_units`` is the same for ``auto`` batches: the units ``sniff`` names Envoy JSON
-  or text are decoded here, any other unit goes to ``slow`` (which sniffs it).
+  ``decode_k8s_audit_units`` is the same for Kubernetes audit events (one ``Event`` per unit;
+  ``EventList``s go to ``slow``), and ``decode_auto_units`` for ``auto`` batches: the units
+  ``sniff`` names Envoy JSON or text or audit events are decoded here, any other unit goes to
+  ``slow`` (which sniffs it). ``audit_time(v)`` is ``hubble.parse_time(v)``.
 * ``resolve_records(records, resolver, static)`` is ``[resolver.resolve(r, static) ...]``.
 * ``aggregate(agg, stream, records, first_offset)`` is ``WindowAggregator.add_batch`` for the
   same aggregator state; ``Acc`` is the compiled edge-window accumulator it creates (the
@@ -1216,6 +1218,177 @@ def decode_envoy_text_units(list units, list offsets, stream, Py_ssize_t max_byt
 
 
 # ---------------------------------------------------------------------------------------------
+# Kubernetes audit events (``k8s_audit._event_record`` for one parsed ``Event``)
+
+from detector.decoders import hubble as _hubble
+from detector.decoders import k8s_audit as _k8s
+from detector.decoders.sniff import sniff as _sniff
+from detector.records import outcome_for_status as _status_outcome_of
+import orjson as _orjson
+
+cdef object _py_parse_time = _hubble.parse_time
+cdef object _orjson_loads = _orjson.loads
+cdef str _API_SERVER = _k8s.API_SERVER
+cdef str _SA_PREFIX = _k8s._SA_PREFIX
+cdef Py_ssize_t _SA_LEN = len(_k8s._SA_PREFIX)
+cdef str _DECISION = _k8s._DECISION
+cdef int _MONTH_DAYS[13]
+_MONTH_DAYS[:] = [0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31]
+
+
+cdef object _audit_time(object v):
+    """``hubble.parse_time(v)``: ``YYYY-MM-DDTHH:MM:SS[.digits]Z`` of a real calendar time is
+    computed here (as ``datetime.fromisoformat(...).timestamp()`` computes it), anything else
+    by ``parse_time`` itself."""
+    cdef Py_ssize_t n, j, k
+    cdef const unsigned char* t
+    cdef double base
+    cdef long long y, mo, da
+    cdef unsigned long long digits
+    if type(v) is not str or not PyUnicode_IS_COMPACT_ASCII(v):
+        return _py_parse_time(v)
+    n = PyUnicode_GET_LENGTH(v)
+    t = <const unsigned char*>PyUnicode_DATA(v)
+    if n < 20 or t[n - 1] != 0x5A or t[10] != 0x54 or not _iso_seconds(t, &base):  # "Z", "T"
+        return _py_parse_time(v)
+    y = (t[0] - 0x30) * 1000 + (t[1] - 0x30) * 100 + (t[2] - 0x30) * 10 + (t[3] - 0x30)
+    mo = (t[5] - 0x30) * 10 + (t[6] - 0x30)
+    da = (t[8] - 0x30) * 10 + (t[9] - 0x30)
+    # fromisoformat refuses what timegm rolls over: second 60, a day past the month's end
+    if t[17] == 0x36 or da > _MONTH_DAYS[mo] + (
+        1 if mo == 2 and y % 4 == 0 and (y % 100 != 0 or y % 400 == 0) else 0
+    ):
+        return _py_parse_time(v)
+    if n == 20:
+        return base
+    if t[19] != 0x2E or n == 21 or n - 21 > 40:  # "." and at least one digit
+        return _py_parse_time(v)
+    for j in range(20, n - 1):
+        if not (0x30 <= t[j] <= 0x39):
+            return _py_parse_time(v)
+    k = n - 21 if n - 21 < 9 else 9  # nanoseconds: the digits parse_time reads
+    digits = 0
+    for j in range(20, 20 + k):
+        digits = digits * 10 + (t[j] - 0x30)
+    return base + <double>digits / _POW10[k]
+
+
+cdef object _audit_record(dict ev, object source, object offset):
+    """``k8s_audit._event_record(ev, source, offset)`` for a dict; raises ``_Handover`` where
+    that raises (or where a time needs the fallbacks), so the per-unit path decides."""
+    if "auditID" not in ev and "verb" not in ev and "requestURI" not in ev:
+        raise _Handover()
+    stage = ev.get("stage")
+    rs = ev.get("responseStatus")
+    if type(rs) is not dict:
+        rs = {}
+    code = rs.get("code")
+    status = code if isinstance(code, int) and not isinstance(code, bool) else None
+    if stage == "RequestReceived":
+        return None
+    user = ev.get("user")
+    username = user.get("username") if type(user) is dict else None
+    principal = username if type(username) is str and username else None
+    cdef bint failed_authn = status == 401
+    if not failed_authn and principal is None:
+        message = rs.get("message")
+        failed_authn = isinstance(message, str) and message.startswith("Authentication failed")
+    if stage == "ResponseStarted" and not failed_authn and status != 101:
+        return None
+    if stage == "ResponseComplete" and status == 101:
+        return None
+    annotations = ev.get("annotations")
+    decision = annotations.get(_DECISION) if type(annotations) is dict else None
+    if failed_authn:
+        outcome = UNAUTHENTICATED
+    elif decision == "forbid" or status == 403:
+        outcome = DENIED
+    elif stage == "Panic":
+        outcome = ERROR
+    else:
+        outcome = _status_outcome_of(status)
+
+    ts = _audit_time(ev.get("requestReceivedTimestamp"))
+    if ts is None:
+        raise _Handover()  # the other time fields: the pure decoder's fallbacks
+    stage_ts = _audit_time(ev.get("stageTimestamp"))
+    duration = (stage_ts - ts) * 1000.0 if stage_ts is not None and stage_ts >= ts else None
+
+    verb = ev.get("verb")
+    if not (type(verb) is str and verb):
+        verb = None
+    uri = ev.get("requestURI")
+    route = uri.split("?", 1)[0] if type(uri) is str and uri else None
+    obj = ev.get("objectRef")
+    if type(obj) is not dict:
+        obj = {}
+    resource = obj.get("resource")
+    if not isinstance(resource, str):
+        resource = None
+    sub = obj.get("subresource")
+    if resource and isinstance(sub, str) and sub:
+        resource = f"{resource}/{sub}"
+    detail_parts = [p for p in (resource, verb) if p]
+    imp = ev.get("impersonatedUser")
+    if type(imp) is dict and isinstance(imp.get("username"), str):
+        detail_parts.append(f"as {imp['username']}")
+    ns = obj.get("namespace")
+    src_ns = None
+    if principal is not None and principal.startswith(_SA_PREFIX):
+        src_ns = principal[_SA_LEN:].split(":", 1)[0] or None
+    ips = ev.get("sourceIPs")
+    src_ip = ips[0] if type(ips) is list and ips and isinstance(ips[0], str) else None
+    audit_id = ev.get("auditID")
+    return _make_record(
+        ts, API_AUDIT, principal, None, src_ns, None, src_ip, None,
+        ns if isinstance(ns, str) and ns else None, _API_SERVER, None, verb, route, status,
+        outcome, 0, 0, duration, audit_id if isinstance(audit_id, str) and audit_id else None,
+        " ".join(detail_parts) or None, source, offset,
+    )
+
+
+cdef inline bint _audit_unit(object unit, object stream, object off, list out):
+    """Decode one unit holding one audit ``Event`` into ``out``; False: the per-unit path's."""
+    try:
+        ev = _orjson_loads(unit)
+    except Exception:
+        return False
+    if type(ev) is not dict or "items" in ev:  # an EventList: ``slow`` reports each bad item
+        return False
+    try:
+        rec = _audit_record(<dict>ev, stream, off)
+    except Exception:
+        return False
+    if rec is not None:
+        out.append(rec)
+    return True
+
+
+def audit_time(v):
+    """``_audit_time`` for tests: exactly ``hubble.parse_time(v)``."""
+    return _audit_time(v)
+
+
+def decode_k8s_audit_units(list units, list offsets, stream, Py_ssize_t max_bytes, slow):
+    """``decode_envoy_json_units`` for ``k8s_audit`` batches (same contract): a unit holding
+    one ``Event`` of the common shape is decoded here; ``EventList``s and the rest go to
+    ``slow``."""
+    cdef list out = []
+    cdef Py_ssize_t bad = 0, i, n = min(len(units), len(offsets))
+    for i in range(n):
+        unit = units[i]
+        off = offsets[i]
+        if PyBytes_CheckExact(unit) and PyBytes_GET_SIZE(unit) <= max_bytes:
+            if _audit_unit(unit, stream, off, out):
+                continue
+        recs = slow(unit, off)
+        if recs is None:
+            bad += 1
+        else:
+            out.extend(recs)
+    return out, bad
+
+# ---------------------------------------------------------------------------------------------
 # ``auto`` batches: the access-log units ``sniff`` would name, decoded here
 
 cdef enum:
@@ -1241,8 +1414,9 @@ cdef bint _wrapper_head(const unsigned char* p, Py_ssize_t n) noexcept nogil:
 def decode_auto_units(list units, list offsets, stream, Py_ssize_t max_bytes, slow):
     """``decode_envoy_json_units`` for ``auto`` batches (same contract): a unit ``sniff`` names
     Envoy JSON (it opens with ``{"start_time"`` and its head holds no wrapper key) or Envoy text
-    (``[`` and two digits) is decoded here as that format; every other unit, and any unit the
-    compiled decoders do not take whole, goes to ``slow``, which sniffs it itself."""
+    (``[`` and two digits) or a Kubernetes audit ``Event`` is decoded here as that format; every
+    other unit, and any unit the compiled decoders do not take whole, goes to ``slow``, which
+    sniffs it itself."""
     cdef list out = []
     cdef Py_ssize_t bad = 0, i, size, n = min(len(units), len(offsets))
     cdef Scan s
@@ -1264,15 +1438,17 @@ def decode_auto_units(list units, list offsets, stream, Py_ssize_t max_bytes, sl
                         pass
                     except Exception:
                         pass  # the per-unit path raises it again and dead-letters the unit
-            elif (
-                size >= 3 and p[0] == 91 and 48 <= p[1] <= 57 and 48 <= p[2] <= 57  # "[dd"
-                and _scan_text(p, _text_len(p, size), &s)
-            ):
-                try:
-                    out.append(_record_from(_text_ts(p, &s), p, &s, stream, off))
+            elif size >= 3 and p[0] == 91 and 48 <= p[1] <= 57 and 48 <= p[2] <= 57:  # "[dd"
+                if _scan_text(p, _text_len(p, size), &s):
+                    try:
+                        out.append(_record_from(_text_ts(p, &s), p, &s, stream, off))
+                        continue
+                    except Exception:
+                        pass
+            elif p[0] == 123 and _sniff(unit) == "k8s_audit":  # "{"
+                # an EventList holds "items": ``slow`` reports its bad items one by one
+                if _audit_unit(unit, stream, off, out):
                     continue
-                except Exception:
-                    pass
         recs = slow(unit, off)
         if recs is None:
             bad += 1

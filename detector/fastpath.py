@@ -76,6 +76,8 @@ def batch_decoder(fmt: str) -> BatchDecoder | None:
         return _compiled.decode_envoy_json_units  # type: ignore[no-any-return]
     if fmt == "envoy_text":
         return _compiled.decode_envoy_text_units  # type: ignore[no-any-return]
+    if fmt == "k8s_audit":
+        return _compiled.decode_k8s_audit_units  # type: ignore[no-any-return]
     if fmt == "auto":  # the access-log units of a sniffed batch; the rest unit by unit
         return _compiled.decode_auto_units  # type: ignore[no-any-return]
     return None
