@@ -31,7 +31,7 @@ run: $(STAMP)
 	$(BIN)/detector run
 
 lint: $(STAMP)
-	$(BIN)/ruff check detector tests benchmarks
+	$(BIN)/ruff check detector tests benchmarks deploy
 	$(BIN)/ruff format --check detector
 
 typecheck: $(STAMP)
@@ -56,11 +56,12 @@ unit: $(STAMP)
 
 # Throughput beside a bare baseline in the same run (figures, never pass/fail): decode and
 # aggregate from files (also with 100,000 distinct edges), replay with and without scoring (and
-# scoring's cost per window), the Kafka path, the webhook outbox, one replica beside two.
+# scoring's cost per window; then at the evaluation's size: 12 h of test traffic, 1.1M records), the Kafka path, the webhook outbox, one replica beside two.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_file.py
 	$(BIN)/python benchmarks/bench_file.py --edges 100000 --formats envoy_json --modes core,run
 	$(BIN)/python benchmarks/bench_replay.py
+	$(BIN)/python benchmarks/bench_replay.py --train-hours 48 --test-hours 12 --keep build/bench-replay --modes aggregate,replay
 	$(BIN)/python benchmarks/bench_kafka.py
 	$(BIN)/python benchmarks/bench_outbox.py
 	$(BIN)/python benchmarks/bench_scaleout.py

@@ -184,8 +184,12 @@ def main() -> None:
         d = Path(a.keep or tmp)
         d.mkdir(parents=True, exist_ok=True)
         test, models = prepare(d, a.train_hours, a.test_hours)
+        # the spans of the data measured (a reused --keep directory may hold other spans)
+        spans = json.loads((d / "sim" / "manifest.json").read_text())["spans"]
+        hours = {k: (v["end"] - v["start"]) / 3600 for k, v in spans.items()}
         print(
-            f"train={a.train_hours:g}h test={a.test_hours:g}h repeat={a.repeat} "
+            f"data={d if a.keep else 'generated'} "
+            f"train={hours['train']:g}h test={hours['test']:g}h repeat={a.repeat} "
             f"python={sys.version.split()[0]} cpus={os.cpu_count()}"
         )
         results: dict[str, dict[str, float]] = {}

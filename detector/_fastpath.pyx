@@ -32,6 +32,7 @@ Contract:
   ``materialise(w, ws, edges)`` turns a closed window's accumulators into ``EdgeWindow``s.
 * ``iso_seconds(head)`` is the whole-second part of ``envoy.parse_ts`` (None where it raises),
   computed in C by the compiled time paths instead of a cache of seconds seen.
+* ``forest_leaf_depths(...)`` walks ``multivariate.PackedForest``'s flat trees in C.
 * ``template_path(path)`` is ``flows.template_path``; ``has_spans(records)`` the pipeline's
   check for span halves.
 * Records made here hold only strings, numbers and None and are not tracked by the cyclic
@@ -1899,3 +1900,29 @@ def materialise(double w, double ws, dict edges):
             PyObject_GenericSetAttr(ew, names[j], values[j])
         out.append(ew)
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Isolation forest (``multivariate.PackedForest``): every row down every tree
+
+
+def forest_leaf_depths(
+    const Py_ssize_t[::1] feature, const double[::1] threshold, const Py_ssize_t[::1] child,
+    const double[::1] leaf_depth, Py_ssize_t n_trees, Py_ssize_t width,
+    const double[:, ::1] x, double[:, ::1] out,
+):
+    """``out[t, r]``: the leaf depth of row ``r`` of ``x`` in tree ``t`` of the flat forest
+    (``PackedForest``'s arrays: a leaf's children are itself). As the numpy walk: a value goes
+    right unless ``value <= threshold`` (so NaN goes right)."""
+    cdef Py_ssize_t t, r, node, nxt
+    cdef Py_ssize_t n = x.shape[0]
+    with nogil:
+        for t in range(n_trees):
+            for r in range(n):
+                node = t * width
+                while True:
+                    nxt = child[2 * node + (0 if x[r, feature[node]] <= threshold[node] else 1)]
+                    if nxt == node:
+                        break
+                    node = nxt
+                out[t, r] = leaf_depth[node]

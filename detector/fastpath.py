@@ -20,6 +20,7 @@ Contract:
 * ``aggregate_kernel()`` is the compiled ``add_batch`` (``(agg, stream, records, first_offset)``)
   and ``accumulator_type()`` the accumulator class it creates, or None and ``flows._Acc``;
   ``materialiser()`` turns a closed window's accumulators into ``EdgeWindow``s, or None.
+* ``forest_leaf_depths`` walks an isolation forest's flat arrays (``PackedForest``), or None.
 * Both paths give identical records, windows and dead-letter reasons (tests/unit/test_fastpath.py
   compares them); the pure-Python modules stay the reference for behaviour.
 """
@@ -127,3 +128,8 @@ def materialiser() -> Callable[[float, float, dict[Any, Any]], list[Any]] | None
 def accumulator_type() -> type | None:
     """The compiled edge-window accumulator class, or None on the pure-Python path."""
     return _compiled.Acc if _compiled is not None else None
+
+
+forest_leaf_depths: Callable[..., None] | None = (
+    _compiled.forest_leaf_depths if _compiled is not None else None
+)

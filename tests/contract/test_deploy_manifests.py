@@ -7,7 +7,8 @@
   must equal the loader's (so the trees also build with the real kustomize, whose load
   restrictor, for one, refuses files outside the kustomization's directory).
 * Every core object validates against the upstream Kubernetes 1.30 OpenAPI schemas
-  (``kubernetes_validate``, strict); the ServiceMonitor (a CRD) is checked field by field.
+  (``kubernetes_validate``, strict); the ServiceMonitor (a CRD) is checked field by field, and
+  the PrometheusRule's groups must be deploy/prometheus/rules.yaml's (the file promtool tests).
 * Security: non-root, read-only root filesystem, no privilege escalation, ALL capabilities
   dropped, RuntimeDefault seccomp, probes on /healthz and /readyz; RBAC grants only the three
   policy kinds the playbooks render.
@@ -53,7 +54,10 @@ POLICY_KINDS = {
     ("networking.k8s.io", "networkpolicies"),
 }
 POLICY_VERBS = {"get", "list", "watch", "create", "patch", "delete"}
-CUSTOM_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+CUSTOM_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
 
 # test values for the secrets the workload takes from detector-secrets
 FAKE_ENV = {
@@ -198,6 +202,7 @@ COMMON_KINDS = [
     "Service",
     "PodDisruptionBudget",
     "ServiceMonitor",
+    "PrometheusRule",
 ]
 
 
@@ -691,3 +696,12 @@ def test_otel_collector_exports_to_the_topics_the_detector_reads(
     topics = {t.name: t.format for t in cfg.sources[0].topics}
     assert topics["otlp_logs"] == "otlp_proto_logs"
     assert topics["otlp_spans"] == "otlp_proto_traces"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_prometheus_rule_carries_the_tested_rules(overlay: str) -> None:
+    rule = one(rendered(overlay), "PrometheusRule")
+    assert rule["metadata"]["namespace"] == NAMESPACE
+    tested = yaml.safe_load((DEPLOY / "prometheus" / "rules.yaml").read_text())
+    assert rule["spec"]["groups"] == tested["groups"]
+    assert rule["spec"]["groups"], "no rule groups"

@@ -196,6 +196,24 @@ def test_packed_forest_equals_scikit_learn_on_detector_features() -> None:
     assert packed.anomaly_score(probe[:0]).shape == (0,)
 
 
+def test_compiled_forest_walk_equals_the_numpy_walk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sklearn.ensemble import IsolationForest
+
+    from detector import fastpath
+    from detector.baselines.multivariate import PackedForest
+
+    if fastpath.forest_leaf_depths is None:
+        pytest.skip("detector._fastpath is not built")
+    windows = [w for ws in traffic(8, seed=5) for w in ws]
+    x = feature_matrix(windows, 10)
+    packed = PackedForest(IsolationForest(n_estimators=50, random_state=1).fit(x[::3]))
+    probe = np.vstack([x, x[:40] * 7.0, np.full((3, x.shape[1]), np.nan)])
+    probe[5, 2] = np.nan
+    compiled = packed.anomaly_score(probe)
+    monkeypatch.setattr(fastpath, "forest_leaf_depths", None)
+    assert np.array_equal(compiled, packed.anomaly_score(probe))  # bit for bit
+
+
 def test_multivariate_reservoir_equals_one_draw_per_row() -> None:
     """Reservoir sampling with all of a batch's draws at once keeps the rows one draw per row
     (the plain algorithm, below) keeps."""
