@@ -108,24 +108,15 @@ _CAPTURED: tuple[list[list[Any]], Any] | None = None
 
 def m_scoring(test: Path, models: Path, out: Path) -> dict[str, float]:
     from detector import artifacts
-    from detector.detection import DetectionStage, responder_for, scorer_and_tracker
-    from detector.sinks.findings_jsonl import FindingsJsonlSink
+    from detector.detection import scorer_and_tracker
+    from detector.replay import findings_stage
 
     global _CAPTURED
     if _CAPTURED is None:  # decode and aggregate once; only the detection stage is timed
         _CAPTURED = _windows(test)
     emits, stats = _CAPTURED
     scorer, tracker = scorer_and_tracker(artifacts.load(models))
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("findings.jsonl", "actions.jsonl"):
-        (out / name).unlink(missing_ok=True)
-    stage = DetectionStage(
-        scorer,
-        tracker,
-        [FindingsJsonlSink(out / "findings.jsonl")],
-        responder_for(scorer, None),
-        [FindingsJsonlSink(out / "actions.jsonl")],
-    )
+    stage = findings_stage(scorer, tracker, out)
 
     async def run() -> float:
         t = time.perf_counter()

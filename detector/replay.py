@@ -24,10 +24,10 @@ import asyncio
 import gzip
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detector import artifacts
 from detector.decoders import get_decoder
@@ -37,6 +37,9 @@ from detector.pipeline import Pipeline, PipelineSettings, PipelineStats
 from detector.scoring import Scorer, Thresholds
 from detector.sources import Batch, StaticAttrs
 from detector.sources.file import FileSource, open_maybe_gzip
+
+if TYPE_CHECKING:
+    from detector.detection import DetectionStage
 
 
 def expand_inputs(inputs: Iterable[str | Path]) -> list[Path]:
@@ -151,9 +154,10 @@ def _run(
     sink: Any,
     label: str,
     cluster_from_filename: bool = False,
+    extra_sinks: Sequence[Any] = (),
 ) -> tuple[Pipeline, PipelineStats]:
     progress = _Progress(paths, label)
-    pipeline = Pipeline(settings, sinks=[sink], on_progress=progress)
+    pipeline = Pipeline(settings, sinks=[sink, *extra_sinks], on_progress=progress)
     mb = settings.max_record_bytes
     if cluster_from_filename:
         # one stream per file, each naming its cluster (as a topic per cluster would)
@@ -253,6 +257,28 @@ class ReplayResult:
     by_type: dict[str, int] = field(default_factory=dict)
 
 
+def findings_stage(
+    scorer: Scorer, tracker: Any, out_dir: str | Path, response: Any = None
+) -> DetectionStage:
+    """A detection stage writing ``findings.jsonl`` and ``actions.jsonl`` in ``out_dir``: both
+    files start empty, and ``actions.jsonl`` exists even when no playbook fires."""
+    from detector.detection import DetectionStage, responder_for
+    from detector.sinks.findings_jsonl import FindingsJsonlSink
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("findings.jsonl", "actions.jsonl"):  # a replay starts fresh files
+        (out / name).unlink(missing_ok=True)
+    (out / "actions.jsonl").touch()
+    return DetectionStage(
+        scorer,
+        tracker,
+        [FindingsJsonlSink(out / "findings.jsonl")],
+        responder_for(scorer, response),
+        [FindingsJsonlSink(out / "actions.jsonl")],
+    )
+
+
 def replay(
     model: str | Path,
     inputs: Iterable[str | Path],
@@ -261,31 +287,26 @@ def replay(
     cluster_from_filename: bool = False,
     detection: Any = None,
     response: Any = None,
+    *,
+    prepare: Callable[[Scorer], None] | None = None,
+    extra_sinks: Sequence[Any] = (),
 ) -> ReplayResult:
     """``detection``: the ``detection`` section of a config (thresholds, allow-list, incident
-    settings); the defaults when None."""
-    from detector.detection import DetectionStage, responder_for, scorer_and_tracker
-    from detector.sinks.findings_jsonl import FindingsJsonlSink
+    settings); the defaults when None. ``prepare(scorer)`` runs before the first record (the
+    notebooks swap in thresholds that record every score); ``extra_sinks`` see the same closed
+    windows as the detection stage."""
+    from detector.detection import scorer_and_tracker
 
     art = artifacts.load(model)
     paths = expand_inputs(inputs)
     settings = settings or PipelineSettings(allowed_lateness_s=30.0)
     settings.window_s = float(art.manifest.get("window_s", settings.window_s))
     scorer, tracker = scorer_and_tracker(art, detection)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("findings.jsonl", "actions.jsonl"):  # a replay starts fresh files
-        (out / name).unlink(missing_ok=True)
-    stage = DetectionStage(
-        scorer,
-        tracker,
-        [FindingsJsonlSink(out / "findings.jsonl")],
-        responder_for(scorer, response),
-        [FindingsJsonlSink(out / "actions.jsonl")],
-    )
+    if prepare is not None:
+        prepare(scorer)
+    stage = findings_stage(scorer, tracker, out_dir, response)
     try:
-        _, stats = _run(paths, settings, stage, "replay", cluster_from_filename)
+        _, stats = _run(paths, settings, stage, "replay", cluster_from_filename, extra_sinks)
     finally:
         asyncio.run(stage.close())
-    (out / "actions.jsonl").touch()  # present even when no playbook fired
     return ReplayResult(stage.findings, stage.actions, stats, scorer, dict(stage.by_type))

@@ -4,31 +4,25 @@ record what the plots need. Nothing here changes how the detector decides.
 * ``blocking(fn, ...)``: ``detector.replay.train`` and friends drive an asyncio pipeline with
   ``asyncio.run``, which cannot be called from the kernel's own running event loop; this runs
   them in a worker thread (with its own loop) and waits.
-* ``replay_recording(...)``: what ``detector.replay.replay`` does (the same pipeline, scorer,
-  incident tracker, playbooks and ``findings.jsonl``/``actions.jsonl`` files), except that the
-  scorer's ``Thresholds`` also record every fused, calibrated score they are asked about, above
-  the threshold or not, and the windows of a few chosen edges are kept.
+* ``replay_recording(...)``: ``detector.replay.replay`` itself (the same pipeline, scorer,
+  incident tracker, playbooks and ``findings.jsonl``/``actions.jsonl`` files), with the
+  scorer's ``Thresholds`` swapped for ones that also record every fused, calibrated score they
+  are asked about, above the threshold or not, and a sink keeping the windows of a few edges.
 """
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from detector import artifacts
 from detector.anomalies import Anomaly
-from detector.detection import DetectionStage, responder_for, scorer_and_tracker
 from detector.flows import EdgeWindow
-from detector.pipeline import Pipeline, PipelineSettings, PipelineStats
-from detector.replay import cluster_of, expand_inputs
-from detector.scoring import Thresholds
-from detector.sinks.findings_jsonl import FindingsJsonlSink
-from detector.sources import StaticAttrs
-from detector.sources.file import FileSource
+from detector.pipeline import PipelineStats
+from detector.replay import replay
+from detector.scoring import Scorer, Thresholds
 
 T = TypeVar("T")
 
@@ -125,44 +119,23 @@ def replay_recording(
 ) -> Recording:
     """``detector.replay.replay(model, inputs, out_dir, cluster_from_filename=True)``, recording
     the scores and the windows of ``edges`` (as ``EdgeWindow.edge`` spells them)."""
-    art = artifacts.load(model)
-    paths = expand_inputs(inputs)
-    settings = PipelineSettings(allowed_lateness_s=30.0)
-    settings.window_s = float(art.manifest.get("window_s", settings.window_s))
-    scorer, tracker = scorer_and_tracker(art)
-    recording = RecordingThresholds(
-        **{f.name: getattr(scorer.thresholds, f.name) for f in fields(Thresholds)}
-    )
-    scorer.thresholds = recording
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("findings.jsonl", "actions.jsonl"):
-        (out / name).unlink(missing_ok=True)
-    stage = DetectionStage(
-        scorer,
-        tracker,
-        [FindingsJsonlSink(out / "findings.jsonl")],
-        responder_for(scorer, None),
-        [FindingsJsonlSink(out / "actions.jsonl")],
-    )
     recorder = EdgeRecorder(set(edges))
-    sources = [
-        FileSource(
-            [p],
-            fmt="auto",
-            static=StaticAttrs(cluster=cluster_of(p)),
-            max_record_bytes=settings.max_record_bytes,
-            name=cluster_of(p),
+    recordings: list[RecordingThresholds] = []
+
+    def record_scores(scorer: Scorer) -> None:
+        recording = RecordingThresholds(
+            **{f.name: getattr(scorer.thresholds, f.name) for f in fields(Thresholds)}
         )
-        for p in paths
-    ]
+        scorer.thresholds = recording
+        recordings.append(recording)
 
-    async def run() -> PipelineStats:
-        try:
-            return await Pipeline(settings, sinks=[stage, recorder]).run(sources)
-        finally:
-            await stage.close()
-
-    stats = blocking(asyncio.run, run())
-    (out / "actions.jsonl").touch()
-    return Recording(stats, recording.scores, recorder, stage.findings, dict(stage.by_type))
+    r = blocking(
+        replay,
+        model,
+        inputs,
+        out_dir,
+        cluster_from_filename=True,
+        prepare=record_scores,
+        extra_sinks=[recorder],
+    )
+    return Recording(r.stats, recordings[0].scores, recorder, r.findings, dict(r.by_type))
