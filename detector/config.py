@@ -238,6 +238,13 @@ class DetectorConfig(Strict):
             isinstance(s, KafkaSourceConfig) for s in self.sources
         ):
             raise ValueError("scale_out needs a kafka source (its broker carries the shared topic)")
+        if self.scale_out is not None and self.response.mode == "approval":
+            # a link must reach the replica that proposed the action, and a Service in front
+            # of several replicas sends it to any of them
+            raise ValueError(
+                "response.mode approval does not combine with scale_out yet (an approval link "
+                "must reach the replica that proposed the action); use dry_run or auto"
+            )
         return self
 
     @field_validator("sources")

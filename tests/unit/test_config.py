@@ -48,6 +48,12 @@ aggregation: {window_s: 30}
         ("sources: [{type: file, paths: [a]}, {type: file, paths: [b]}]", "unique"),
         ("- just a list", "mapping"),
         ("sources: [\n  {type: file", "not valid YAML"),
+        ("sources: [{type: file, paths: [a]}]\nscale_out: {}", "scale_out needs a kafka source"),
+        (
+            "sources: [{type: kafka, bootstrap_servers: 'k:9092', topics: [{name: t}], group_id: g}]\n"
+            "scale_out: {}\nresponse: {mode: approval, approval: {secret: s3cret}}",
+            "approval does not combine with scale_out",
+        ),
     ],
 )
 def test_errors_are_one_readable_line(tmp_path: Path, text: str, fragment: str) -> None:
