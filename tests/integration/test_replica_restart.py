@@ -69,11 +69,14 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Live:
     from detector.sources.simulate import SimulatorSource
 
     # What the hour holds depends on the hour of day (as for the demo): pin one, so the run is
-    # the same every time.
-    os.environ["DETECTOR_DEMO_START"] = "1796184000"
-    model = tmp_path_factory.mktemp("restart") / "models"
-    prepare(model, train_hours=3)  # the embedded demo's model: 3 h of simulated training
-    start = live_start()
+    # the same every time. Pinned only while the model and the hour are made here (the replicas
+    # get the hour through their input and the model through their config): no other test sees
+    # the pin.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DETECTOR_DEMO_START", "1796184000")
+        model = tmp_path_factory.mktemp("restart") / "models"
+        prepare(model, train_hours=3)  # the embedded demo's model: 3 h of simulated training
+        start = live_start()
     src = SimulatorSource(
         seed=7, start=start, duration_s=3600, scenarios=default_scenarios(start, 3600)
     )
