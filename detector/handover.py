@@ -1,4 +1,5 @@
-"""State handover between replicas: a compacted Kafka topic, one record per internal partition.
+"""State handover between replicas: a compacted Kafka topic, one record per internal partition
+(edge owners) or input partition (ingest).
 
 Contract:
 * ``HandoverLog.publish(states)`` writes, for each internal partition number, its state as the
@@ -7,9 +8,14 @@ Contract:
   partition's identities (so an ongoing incident keeps its ``finding_info.uid`` across owners).
   It is awaited (acknowledged) before the offsets are committed, so the state is never older
   than the committed position.
+* The ingest stage publishes, for each input partition it owns (a stream name, key
+  ``input:<stream>``), where its committed position is and when its last data arrived
+  (``detector.repartition.Repartitioner``), so that whoever takes the partition over next can
+  tell whether, and for how long, it has been silent.
 * ``HandoverLog.read(partitions)`` gives the newest state of each of ``partitions`` (reading the
   topic from the start; compaction keeps it small). A partition with no state is absent.
-* The topic (key ``p<N>``, JSON values) is created with ``cleanup.policy=compact`` when missing.
+* The topic (key ``p<N>`` or ``input:<stream>``, JSON values) is created with
+  ``cleanup.policy=compact`` when missing.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -26,6 +32,13 @@ from detector.errors import InfrastructureError
 from detector.sources.kafka import KafkaSettings, client_kwargs
 
 READ_TIMEOUT_S = 20.0
+INPUT_KEY = "input:"  # key prefix of an input partition's state (the stream name follows)
+
+K = TypeVar("K", int, str)  # an internal partition number, or an input partition's stream
+
+
+def _key(k: int | str) -> bytes:
+    return (f"p{k}" if isinstance(k, int) else INPUT_KEY + k).encode()
 
 
 class HandoverLog:
@@ -58,7 +71,7 @@ class HandoverLog:
         if producer is not None:
             await producer.stop()
 
-    async def publish(self, states: Mapping[int, Mapping[str, Any]]) -> None:
+    async def publish(self, states: Mapping[K, Mapping[str, Any]]) -> None:
         if not states:
             return
         await self.start()
@@ -66,17 +79,15 @@ class HandoverLog:
 
         try:
             futs = [
-                await self._producer.send(
-                    self.topic, orjson.dumps(state), key=f"p{p}".encode(), partition=0
-                )
+                await self._producer.send(self.topic, orjson.dumps(state), key=_key(p), partition=0)
                 for p, state in states.items()
             ]
             await asyncio.gather(*futs)
         except KafkaError as e:
             raise InfrastructureError(f"handover: publish to {self.topic} failed: {e!r}") from None
 
-    async def read(self, partitions: Iterable[int]) -> dict[int, dict[str, Any]]:
-        wanted = {f"p{p}".encode(): p for p in partitions}
+    async def read(self, partitions: Iterable[K]) -> dict[K, dict[str, Any]]:
+        wanted = {_key(p): p for p in partitions}
         if not wanted:
             return {}
         await self.start()
@@ -86,7 +97,7 @@ class HandoverLog:
         consumer = AIOKafkaConsumer(
             **client_kwargs(self.kafka, "handover reader"), enable_auto_commit=False
         )
-        out: dict[int, dict[str, Any]] = {}
+        out: dict[K, dict[str, Any]] = {}
         try:
             await asyncio.wait_for(consumer.start(), timeout=self.kafka.connect_timeout_s)
             consumer.assign([tp])

@@ -20,6 +20,11 @@ Contract:
   releases (CRC-32), and the same for a ``FlowRecord`` (``record_identity``) as for the
   ``EdgeKey`` of the window it feeds (``edge_identity``).
 * The internal topic's format is ``detector_flow`` (``detector.decoders.internal``).
+* Takeover of an input partition: the ingest stage publishes, with each commit, per input
+  partition the committed position and when its last data arrived (``detector.handover``); a
+  new owner that finds nothing to read past that very position keeps the partition's idle clock
+  running from that last data instead of restarting it (``Repartitioner._on_caught_up``).
+  Otherwise a newly assigned partition holds the watermark until it delivers data or idles.
 * State handover on rebalance: an edge owner losing partitions commits past its closed windows,
   then drops (does not emit) the open windows of the identities of those partitions; the new
   owner rebuilds them from the committed offsets, and the internal topic is the changelog. Open
@@ -39,7 +44,7 @@ import logging
 import math
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -142,11 +147,13 @@ class Repartitioner(Pipeline):
         *args: Any,
         scale: ScaleOutSettings,
         kafka: KafkaSettings,
+        handover: HandoverLog | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self.scale = scale
         self.kafka = kafka
+        self.handover = handover  # input partitions' positions and quiet times (takeover)
         self.forwarded = 0  # records sent
         self.messages = 0  # messages sent
         self._producer: Any = None
@@ -156,6 +163,11 @@ class Repartitioner(Pipeline):
         self._clocks_at = -math.inf
         self._announced: frozenset[str] = frozenset()
         self._stale = _StaleBatches()
+        # input partitions just taken over: their previous owner's published state
+        self._handed: dict[str, dict[str, Any]] = {}
+        # input partitions taken over with nothing to read: when their last data arrived (epoch)
+        self._quiet_since: dict[str, float] = {}
+        self._published: dict[str, tuple[int, float]] = {}  # stream -> (next offset, wall)
 
     @property
     def partitions(self) -> int:
@@ -170,6 +182,12 @@ class Repartitioner(Pipeline):
             await self._start_producer()
 
     async def run(self, sources: Sequence[Source]) -> PipelineStats:
+        for src in sources:
+            assigned = getattr(src, "on_assigned", None)
+            caught_up = getattr(src, "on_caught_up", None)
+            if assigned is not None and caught_up is not None and self.handover is not None:
+                assigned(self._on_assigned)
+                caught_up(self._on_caught_up)
         await self.start()
         try:
             return await super().run(sources)
@@ -177,12 +195,17 @@ class Repartitioner(Pipeline):
             producer, self._producer = self._producer, None
             if producer is not None:
                 await producer.stop()
+            if self.handover is not None:
+                await self.handover.stop()
 
     def process_batch(self, batch: Batch) -> None:
         if self._stale.skip(batch):
             return
         records = self.prepare_batch(batch)
         if records is None:
+            since = self._quiet_since.pop(batch.stream, None)
+            if since is not None and not batch.end:
+                self._inherit_quiet(batch.stream, since)
             return
         newest = self._bucket(records)
         if newest > -math.inf:
@@ -224,13 +247,88 @@ class Repartitioner(Pipeline):
     async def _commit(self) -> None:
         await self._send_pending()
         await self._await_acks()
+        await self._publish_positions(self.aggregator.stream_clocks())
         await super()._commit()
 
     async def _on_revoked(self, streams: Sequence[str]) -> None:
         await self._send_pending()
         await self._await_acks()
+        await self._publish_positions(streams)
         await super()._on_revoked(streams)
         self._stale.revoked(streams)
+        for stream in streams:
+            self._published.pop(stream, None)
+            self._handed.pop(stream, None)
+            self._quiet_since.pop(stream, None)
+
+    # -- takeover of input partitions -----------------------------------------------------------
+    #
+    # An input partition holds the edge owners' watermark until it delivers data or has been
+    # silent for ``idle_stream_s`` (as in one process). A rebalance hands every partition over
+    # again (and the eager protocol even revokes and reassigns the ones a replica keeps); if the
+    # new owner started the idle clock at the takeover, a silent partition would hold every
+    # window back for ``idle_stream_s`` after each rebalance, on top of the time the partition
+    # had already been silent (a sparse partition, idle for minutes, would hold the watermark
+    # again at its old event time). So each owner publishes, with its commits, the position it
+    # commits and when the partition's last data arrived. A new owner whose first fetch finds
+    # nothing past the position it reads from (``KafkaSource.on_caught_up``), and finds that
+    # same position in the published state, knows the partition has been silent since that
+    # last data: it continues that idle clock (an idle partition is announced idle). A partition
+    # with something to read (records written while nobody owned it, or not yet committed), or
+    # without a matching state, holds the watermark from the takeover as before: its records are
+    # never made late by the takeover. Carrying over an idle state *without* that check would:
+    # records written while nobody owned the partition are older than what the watermark ran to.
+
+    async def _on_assigned(self, streams: Sequence[str]) -> None:
+        """Read what the previous owners published about ``streams`` (before their data)."""
+        if self.handover is None:
+            return
+        for stream in streams:
+            self._handed.pop(stream, None)
+            self._quiet_since.pop(stream, None)
+        self._handed.update(await self.handover.read(streams))
+
+    def _on_caught_up(self, stream: str, offset: int) -> None:
+        """``stream``, just taken over, has nothing to read past ``offset``. If its previous
+        owner published that same position, the partition has been silent since its last data
+        there: continue that idle clock."""
+        state = self._handed.pop(stream, None) or {}
+        since = state.get("quiet_since")
+        if state.get("next") != offset or not isinstance(since, int | float):
+            return  # no state, or one from another position: hold as for any new partition
+        log.info("input partition %s taken over silent since %.1f s", stream, time.time() - since)
+        if stream in self._announced:
+            self._inherit_quiet(stream, float(since))
+        else:
+            self._quiet_since[stream] = float(since)  # applied when its announcement is read
+
+    def _inherit_quiet(self, stream: str, since: float) -> None:
+        """``stream`` was just announced, with nothing to read since its last data at ``since``
+        (epoch seconds, the previous owner's clock): its idle clock runs from there."""
+        now = time.monotonic()
+        quiet = max(0.0, time.time() - since)  # a previous owner's clock ahead of ours: none
+        self._stream_wall[stream] = now - quiet
+        if quiet >= self.settings.idle_stream_s:
+            self.aggregator.mark_idle(stream, True)
+            self._clocks_at = -math.inf  # tell the edge owners at the next chance
+
+    async def _publish_positions(self, streams: Iterable[str]) -> None:
+        """Publish, per input partition of ``streams``, the position about to be committed and
+        when its last data arrived (epoch seconds); see ``_on_assigned``. Published before the
+        offsets are committed: a commit that fails leaves a state ahead of the committed offset,
+        which the next owner does not use."""
+        if self.handover is None:
+            return
+        positions = self.aggregator.positions()
+        now, epoch = time.monotonic(), time.time()
+        states: dict[str, dict[str, Any]] = {}
+        for stream in streams:
+            nxt, wall = positions.get(stream), self._stream_wall.get(stream)
+            if nxt is None or wall is None or self._published.get(stream) == (nxt, wall):
+                continue
+            states[stream] = {"next": nxt, "quiet_since": round(epoch - (now - wall), 3)}
+            self._published[stream] = (nxt, wall)
+        await self.handover.publish(states)
 
     # -- producer ----------------------------------------------------------------------------
 
@@ -304,8 +402,9 @@ class Repartitioner(Pipeline):
         self._announced = frozenset(clocks)
         if new:
             # A newly assigned input partition is announced (no event time yet) before its
-            # first records, so it holds every edge owner's watermark from the start.
-            await self._send_clock_unit(encode_clocks({s: (None, False) for s in new}))
+            # first records, so it holds every edge owner's watermark from the start; unless it
+            # is idle already (taken over silent, see ``_on_assigned``).
+            await self._send_clock_unit(encode_clocks({s: (None, clocks[s][1]) for s in new}))
         await self._send_records()
         # Clocks go after the records they cover: "everything up to this event time was sent
         # before this message" must hold in every internal partition.

@@ -248,6 +248,7 @@ def build_replica(cfg: DetectorConfig, sinks: list[WindowSink] | None = None) ->
         metrics=metrics,
         scale=scale,
         kafka=kafka,
+        handover=HandoverLog(kafka, scale.state_topic_name, scale.replication_factor),
     )
     owner_src = KafkaSource(
         kafka.model_copy(

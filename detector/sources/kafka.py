@@ -26,6 +26,10 @@ Contract (on top of the ``Source`` contract in ``detector.sources``):
   ``on_assigned`` callback runs. During ``on_revoked`` callbacks the revoked
   partitions still count as owned, so a pipeline can flush their windows and ``commit`` there;
   after them, commits for those streams are dropped. Callback errors are logged, not raised.
+* ``on_caught_up(cb)`` registers ``cb(stream, offset)``, called once per assignment of a
+  partition whose first fetch finds nothing to read: the broker's high watermark is the
+  position the partition is read from (``offset``), so every message in it was processed by a
+  previous owner (as far as the group's committed offset tells).
 * Startup: if the broker cannot be reached (or the group joined) within ``connect_timeout_s``,
   ``batches()`` raises ``InfrastructureError`` with one readable line.
 * ``stop()`` ends the iterator (within ``poll_timeout_ms``) and closes the consumer; it is
@@ -56,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 StreamCallback = Callable[[list[str]], Awaitable[None] | None]
+CaughtUpCallback = Callable[[str, int], Awaitable[None] | None]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -207,6 +212,9 @@ class KafkaSource:
         self._control: deque[Batch] = deque()  # announcements / end markers from rebalances
         self._revoked_cbs: list[StreamCallback] = []
         self._assigned_cbs: list[StreamCallback] = []
+        self._caught_up_cbs: list[CaughtUpCallback] = []
+        # assigned partitions that delivered nothing yet and whose end is not known yet
+        self._unsettled: set[TopicPartition] = set()
         self._callbacks_idle = asyncio.Event()  # no on_assigned callback is running
         self._callbacks_idle.set()
 
@@ -222,6 +230,11 @@ class KafkaSource:
     def on_assigned(self, callback: StreamCallback) -> None:
         """Call ``callback(streams)`` when partitions are given to this consumer."""
         self._assigned_cbs.append(callback)
+
+    def on_caught_up(self, callback: CaughtUpCallback) -> None:
+        """Call ``callback(stream, offset)`` when a newly assigned partition turns out to have
+        nothing to read past ``offset``, where its reading starts (see the module docstring)."""
+        self._caught_up_cbs.append(callback)
 
     # -- Source ------------------------------------------------------------------------------
 
@@ -278,6 +291,8 @@ class KafkaSource:
                     nxt[tp] = last
                     if units:
                         yield Batch(stream, fmt, units, offsets, static)
+                if self._unsettled:
+                    await self._settle(consumer, data)
         finally:
             self._done.set()
             await self._close()
@@ -425,6 +440,38 @@ class KafkaSource:
             f"{s.connect_timeout_s:g}s: {last_error}"
         )
 
+    async def _settle(self, consumer: AIOKafkaConsumer, data: Mapping[Any, list[Any]]) -> None:
+        """Tell ``on_caught_up`` callbacks about newly assigned partitions found empty.
+
+        The high watermark comes with every fetch response, and aiokafka keeps it only from a
+        response fetched at the partition's current position: equal to that position, there
+        was nothing to read when the fetch was answered. (A ListOffsets request for the end
+        offset would answer before the first fetch, but not every broker answers it exactly:
+        Tansu gives the base offset of the last record batch, plus one.)"""
+        for tp in list(self._unsettled):
+            if tp not in self._owned or data.get(tp) or tp in self._floor:
+                self._unsettled.discard(tp)  # gone, or it had something to read
+                continue
+            try:
+                hw = consumer.highwater(tp)
+            except (AssertionError, KeyError):
+                self._unsettled.discard(tp)
+                continue
+            if hw is None:
+                continue  # not fetched yet
+            self._unsettled.discard(tp)
+            position = await consumer.position(tp)
+            if hw != position or tp not in self._owned:
+                continue
+            stream = self._owned[tp][0]
+            for cb in self._caught_up_cbs:
+                try:
+                    res = cb(stream, position)
+                    if inspect.isawaitable(res):
+                        await res
+                except Exception:
+                    log.exception("kafka source %s: on_caught_up callback failed", self.name)
+
     async def _revoked(self, revoked: Iterable[TopicPartition]) -> None:
         tps = [tp for tp in revoked if tp in self._owned]
         if not tps:
@@ -433,6 +480,7 @@ class KafkaSource:
         await self._call(self._revoked_cbs, streams, "on_revoked")
         for tp in tps:
             stream, fmt, static = self._owned.pop(tp)
+            self._unsettled.discard(tp)
             self._next.pop(tp, None)
             self._floor.pop(tp, None)
             self._committed.pop(tp, None)
@@ -451,6 +499,8 @@ class KafkaSource:
             self._owned[tp] = (stream, topic.format, static)
             self._by_stream[stream] = tp
             self._control.append(Batch(stream, topic.format, [], [], static))
+            if self._caught_up_cbs:
+                self._unsettled.add(tp)
             streams.append(stream)
         if streams:
             # Data of the new partitions waits until the callbacks are done (they may restore

@@ -1,7 +1,8 @@
 """KafkaSource against a real Kafka-protocol broker (Tansu by default; see conftest.py).
 
 What is pinned here: per-topic formats and static attributes, stream naming, tombstones,
-consumer-group partition sharing, resuming exactly at a committed position, commits for
+consumer-group partition sharing, resuming exactly at a committed position, which newly
+assigned partitions have nothing to read past their commit (``on_caught_up``), commits for
 partitions a consumer does not own being dropped, OTLP protobuf messages as the OpenTelemetry
 Collector's Kafka exporter writes them, and a readable ``InfrastructureError`` when the broker
 cannot be reached. Every wait is bounded.
@@ -248,6 +249,39 @@ async def test_restart_resumes_exactly_at_committed_position(kafka: KafkaHelper)
         data = second.data()
         assert [o for _, o, _ in data] == list(range(37, 100))
         assert [u for _, _, u in data] == values[37:]
+    finally:
+        await second.close()
+
+
+@pytest.mark.kafka
+async def test_caught_up_names_only_partitions_with_nothing_past_the_commit(
+    kafka: KafkaHelper,
+) -> None:
+    """A partition fully committed by a previous consumer is reported caught up, at the
+    committed offset, once; one with records past the commit is not (its records follow)."""
+    topic = await kafka.create_topic(unique_name("caught"), partitions=2)
+    group = unique_name("g")
+    # several records per produce request: a broker's answer to ListOffsets may be off then
+    await kafka.produce(topic, [b"a%02d" % i for i in range(30)], partition=0)
+    await kafka.produce(topic, [b"b%02d" % i for i in range(30)], partition=1)
+    topics = [{"name": topic, "format": "envoy_json"}]
+
+    first = Collector(KafkaSource(settings(kafka.bootstrap, group, topics)))
+    try:
+        await first.wait_for(lambda: len(first.units) >= 60)
+        await first.source.commit({f"{topic}[0]": 30, f"{topic}[1]": 20})
+    finally:
+        await first.close()
+
+    source = KafkaSource(settings(kafka.bootstrap, group, topics))
+    reported: list[tuple[str, int]] = []
+    source.on_caught_up(lambda stream, offset: reported.append((stream, offset)))
+    second = Collector(source)
+    try:
+        await second.wait_for(lambda: len(second.units) >= 10 and bool(reported))
+        await asyncio.sleep(1.0)  # more fetches: still reported once
+        assert reported == [(f"{topic}[0]", 30)]
+        assert [o for _, o, _ in second.data()] == list(range(20, 30))
     finally:
         await second.close()
 

@@ -9,12 +9,18 @@ What is pinned here:
 * Chunks never split the records of one input unit; the edge owner drops records an ingest
   replica sent again after a takeover, and keeps every record of a multi-record unit.
 * ``WindowAggregator.drop_edges`` forgets exactly the matching open edges.
+* An input partition taken over with nothing to read keeps the idle clock its previous owner
+  published (announced idle when it is), only when the published position is where reading
+  starts; the ingest publishes a partition's state only when it changed.
 """
 
 from __future__ import annotations
 
 import itertools
+import time
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -30,6 +36,8 @@ from detector.pipeline import PipelineSettings
 from detector.records import FIELDS, FlowRecord
 from detector.repartition import (
     EdgeOwnerPipeline,
+    Repartitioner,
+    ScaleOutSettings,
     _chunks,
     edge_identity,
     identity_key,
@@ -38,7 +46,8 @@ from detector.repartition import (
     stream_partition,
     subject_partition,
 )
-from detector.sources import StaticAttrs
+from detector.sources import Batch, StaticAttrs
+from detector.sources.kafka import KafkaSettings
 
 
 def fixture_records(fixtures_dir: Path) -> list[FlowRecord]:
@@ -177,3 +186,82 @@ def test_drop_edges_forgets_only_matching_open_edges() -> None:
     assert agg.drop_edges(lambda k: k[0] == "a") == 2
     assert agg.open_edges == 1 and agg.edges_tracked == 1
     assert [w.src_principal for w in agg.flush()] == ["b"]
+
+
+class FakeHandover:
+    """``HandoverLog`` in memory: what was published is what is read."""
+
+    def __init__(self, states: dict[str, dict[str, Any]] | None = None) -> None:
+        self.states = dict(states or {})
+        self.published: list[dict[str, Any]] = []
+
+    async def read(self, keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return {k: self.states[k] for k in keys if k in self.states}
+
+    async def publish(self, states: Mapping[str, Mapping[str, Any]]) -> None:
+        if not states:
+            return  # as HandoverLog.publish: nothing is sent
+        self.published.append(dict(states))
+        self.states.update({k: dict(v) for k, v in states.items()})
+
+    async def stop(self) -> None:
+        return None
+
+
+def ingest(handover: FakeHandover) -> Repartitioner:
+    kafka = KafkaSettings(
+        bootstrap_servers=["127.0.0.1:9"], group_id="g", topics=[{"name": "t", "format": "auto"}]
+    )
+    return Repartitioner(
+        PipelineSettings(idle_stream_s=5),
+        scale=ScaleOutSettings(),
+        kafka=kafka,
+        handover=handover,  # type: ignore[arg-type]
+    )
+
+
+async def test_input_partition_taken_over_silent_keeps_its_idle_clock() -> None:
+    now = time.time()
+    handover = FakeHandover(
+        {
+            "t[0]": {"next": 30, "quiet_since": now - 60},  # idle for a minute
+            "t[1]": {"next": 10, "quiet_since": now - 60},  # but reading starts at 12
+            "t[2]": {"next": 7, "quiet_since": now - 2},  # silent for 2 s only
+            "t[3]": {"next": 5, "quiet_since": now - 60},  # has something to read
+        }
+    )
+    rep = ingest(handover)
+    streams = ["t[0]", "t[1]", "t[2]", "t[3]"]
+    await rep._on_assigned(streams)
+    rep._on_caught_up("t[0]", 30)
+    rep._on_caught_up("t[1]", 12)  # records written past the published position: hold
+    rep._on_caught_up("t[2]", 7)
+    for stream in streams:  # the announcements, as the source queues them
+        rep.process_batch(Batch(stream, "auto", [], []))
+    clocks = rep.aggregator.stream_clocks()
+    assert clocks == {s: (None, s == "t[0]") for s in streams}
+    assert time.monotonic() - rep._stream_wall["t[2]"] >= 2.0  # idle 3 s from now, not 5
+    assert time.monotonic() - rep._stream_wall["t[1]"] < 1.0
+    # caught up after the announcement (the first fetch came later): applied at once
+    rep.aggregator.end_stream("t[3]")
+    rep._announced = frozenset(streams)
+    handover.states["t[3]"] = {"next": 5, "quiet_since": now - 60}
+    await rep._on_assigned(["t[3]"])
+    rep._on_caught_up("t[3]", 5)
+    rep.process_batch(Batch("t[3]", "auto", [], []))
+    assert rep.aggregator.stream_clocks()["t[3]"] == (None, True)
+
+
+async def test_ingest_publishes_a_partition_state_only_when_it_changed() -> None:
+    handover = FakeHandover()
+    rep = ingest(handover)
+    rep.process_batch(Batch("t[0]", "auto", [], []))
+    rep.aggregator.note_offset("t[0]", 41)
+    await rep._publish_positions(["t[0]"])
+    await rep._publish_positions(["t[0]"])
+    assert len(handover.published) == 1
+    state = handover.published[0]["t[0]"]
+    assert state["next"] == 42 and abs(state["quiet_since"] - time.time()) < 1.0
+    rep.aggregator.note_offset("t[0]", 42)
+    await rep._publish_positions(["t[0]"])
+    assert [p["t[0]"]["next"] for p in handover.published] == [42, 43]
