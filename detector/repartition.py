@@ -25,6 +25,9 @@ Contract:
   new owner that finds nothing to read past that very position keeps the partition's idle clock
   running from that last data instead of restarting it (``Repartitioner._on_caught_up``).
   Otherwise a newly assigned partition holds the watermark until it delivers data or idles.
+* Checkpoints: a replica's ``detection.checkpoint_path`` restores the incidents of every
+  partition it owned; on each assignment it keeps those of partitions it owns and has no
+  handed-over state for, and releases the rest to their owners.
 * State handover on rebalance: an edge owner losing partitions commits past its closed windows,
   then drops (does not emit) the open windows of the identities of those partitions; the new
   owner rebuilds them from the committed offsets, and the internal topic is the changelog. Open
@@ -504,6 +507,7 @@ class EdgeOwnerPipeline(Pipeline):
         self.dropped_on_revoke = 0
         self.replayed_skipped = 0  # records of windows the previous owner already emitted
         self.incidents_adopted = 0
+        self.incidents_released = 0  # restored (checkpoint) incidents another owner carries
         self.stale_dropped = 0  # units of partitions revoked while they waited in the queue
         # per internal stream: windows starting before this were emitted by a previous owner
         self._horizon: dict[str, float] = {}
@@ -668,6 +672,7 @@ class EdgeOwnerPipeline(Pipeline):
             len(states),
             time.monotonic() - t0,
         )
+        self._release_foreign_incidents([*self._owned, *streams], set(states))
         adopt = [getattr(s, "adopt_incidents", None) for s in self.sinks]
         for p, state in states.items():
             closed = state.get("closed_before")
@@ -679,6 +684,26 @@ class EdgeOwnerPipeline(Pipeline):
                     self.incidents_adopted += fn(incidents)
         self._owned.update(streams)  # only now: our own commits must not publish state first
         self._elect_mesh_wide_reporter()
+
+    def _release_foreign_incidents(self, owned: Sequence[str], handed: set[int]) -> None:
+        """Forget open incidents of partitions this replica does not own, and of partitions
+        whose handed-over state is about to be adopted. A checkpoint restored at start holds
+        the incidents of every partition the replica owned before; the owners now carrying them
+        on (or the state published with the commit we resume from, which matches the input
+        re-read from there better than any checkpoint) decide instead."""
+        n = self._partition_count()
+        if n <= 0:
+            return
+        mine = {p for p in map(stream_partition, owned) if p is not None}
+
+        def foreign(subject: Subject) -> bool:
+            p = subject_partition(subject, n)
+            return p is not None and (p not in mine or p in handed)
+
+        for sink in self.sinks:
+            release = getattr(sink, "release_incidents", None)
+            if release is not None:
+                self.incidents_released += release(foreign)
 
     async def _commit(self) -> None:
         # State first, then offsets: the state is never older than the committed position.

@@ -12,6 +12,9 @@ What is pinned here:
 * An input partition taken over with nothing to read keeps the idle clock its previous owner
   published (announced idle when it is), only when the published position is where reading
   starts; the ingest publishes a partition's state only when it changed.
+* An edge owner taking over partitions keeps only the open incidents of partitions it owns and
+  has no handed-over state for (a restored checkpoint's others are released), and adopts the
+  handed-over ones.
 """
 
 from __future__ import annotations
@@ -191,6 +194,8 @@ def test_drop_edges_forgets_only_matching_open_edges() -> None:
 class FakeHandover:
     """``HandoverLog`` in memory: what was published is what is read."""
 
+    topic = "state"
+
     def __init__(self, states: dict[str, dict[str, Any]] | None = None) -> None:
         self.states = dict(states or {})
         self.published: list[dict[str, Any]] = []
@@ -265,3 +270,56 @@ async def test_ingest_publishes_a_partition_state_only_when_it_changed() -> None
     rep.aggregator.note_offset("t[0]", 42)
     await rep._publish_positions(["t[0]"])
     assert [p["t[0]"]["next"] for p in handover.published] == [42, 43]
+
+
+class IncidentSink:
+    """A window sink holding open incidents as a detection stage does (subject dicts)."""
+
+    def __init__(self, subjects: list[Subject]) -> None:
+        self.open = {s: "checkpoint" for s in subjects}
+
+    async def emit(self, windows: list[Any]) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    def release_incidents(self, belongs: Any) -> int:
+        gone = [s for s in self.open if belongs(s)]
+        for s in gone:
+            del self.open[s]
+        return len(gone)
+
+    def adopt_incidents(self, incidents: Iterable[Mapping[str, Any]]) -> int:
+        n = 0
+        for d in incidents:
+            subj = Subject(**d["subject"])
+            if subj not in self.open:
+                self.open[subj] = "handed over"
+                n += 1
+        return n
+
+
+async def test_edge_owner_keeps_only_the_restored_incidents_of_partitions_it_owns() -> None:
+    by_part: dict[int, Subject] = {}
+    i = 0
+    while len(by_part) < 4:  # one caller per internal partition
+        subj = Subject(principal=f"spiffe://td/ns/x/sa/s{i}", src_cluster="east")
+        by_part.setdefault(subject_partition(subj, 4), subj)  # type: ignore[arg-type]
+        i += 1
+    mesh_wide = Subject()
+    sink = IncidentSink([*by_part.values(), mesh_wide])
+    handed = {"principal": by_part[1].principal, "src_cluster": "east"}
+    handover = FakeHandover({1: {"closed_before": 600.0, "incidents": [{"subject": handed}]}})
+    owner = EdgeOwnerPipeline(
+        PipelineSettings(),
+        partitions=lambda: 4,
+        handover=handover,  # type: ignore[arg-type]
+        sinks=[sink],
+    )
+    await owner._on_assigned(["flows[0]", "flows[1]"])
+    # partition 0: ours, no state handed over: the checkpoint's incident stays; partition 1:
+    # the handed-over one replaces it; 2 and 3 belong to other replicas; mesh-wide stays
+    assert sink.open == {by_part[0]: "checkpoint", by_part[1]: "handed over", mesh_wide: "checkpoint"}
+    assert owner.incidents_released == 3 and owner.incidents_adopted == 1
+    assert owner._horizon == {"flows[1]": 600.0}
