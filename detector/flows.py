@@ -372,6 +372,10 @@ class WindowAggregator:
         """Windows starting before this are closed (emitted): a record for one is late."""
         return self._closed_before
 
+    def treat_as_closed_before(self, ts: float) -> None:
+        """Windows starting before ``ts`` were emitted elsewhere: a record for one is late."""
+        self._closed_before = max(self._closed_before, ts)
+
     @property
     def newest_event_ts(self) -> float:
         return max(self._stream_max_ts.values(), default=-math.inf)

@@ -373,7 +373,7 @@ class Pipeline:
         """Partitions are being taken away: commit what is safe for them while we still own
         them, so the next owner re-reads as little as possible (at-least-once: records of
         still-open windows are read again by the next owner)."""
-        positions = self.aggregator.positions()
+        positions = self._positions()
         by_source: dict[int, tuple[Source, dict[str, int]]] = {}
         for stream in streams:
             src = self._stream_source.get(stream)
@@ -475,8 +475,12 @@ class Pipeline:
             if export is not None:
                 await export(m, wall, slow)
 
+    def _positions(self) -> dict[str, int]:
+        """Per stream, the next offset safe to commit."""
+        return self.aggregator.positions()
+
     async def _commit(self) -> None:
-        positions = self.aggregator.positions()
+        positions = self._positions()
         by_source: dict[int, tuple[Source, dict[str, int]]] = {}
         for stream, next_offset in positions.items():
             src = self._stream_source.get(stream)

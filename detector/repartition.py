@@ -56,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from detector.anomalies import Subject
 from detector.decoders.internal import decode_clocks, encode_clocks, encode_records
 from detector.errors import InfrastructureError
-from detector.flows import ANONYMOUS, EdgeKey
+from detector.flows import ANONYMOUS, EdgeKey, EdgeWindow, WindowAggregator
 from detector.handover import HandoverLog
 from detector.pipeline import Pipeline, PipelineStats
 from detector.records import UNKNOWN, FlowRecord
@@ -511,6 +511,11 @@ class EdgeOwnerPipeline(Pipeline):
         self.stale_dropped = 0  # units of partitions revoked while they waited in the queue
         # per internal stream: windows starting before this were emitted by a previous owner
         self._horizon: dict[str, float] = {}
+        # Per internal stream taken over: windows the previous owner had not emitted but this
+        # replica's aggregator had already closed (for its other partitions) are rebuilt here
+        # (see ``_catch_up``): (aggregator, closed_before of the main one at takeover).
+        self._catchup: dict[str, tuple[WindowAggregator, float]] = {}
+        self.catchup_windows = 0  # edge windows emitted by catch-up aggregators
         self._owned: set[str] = set()
         self._origin_seen: dict[str, float] = {}  # input partition -> last announced (monotonic)
         self._stale = _StaleBatches()
@@ -545,6 +550,9 @@ class EdgeOwnerPipeline(Pipeline):
             kept = [r for r in records if r.ts >= horizon]
             self.replayed_skipped += len(records) - len(kept)
             records = kept
+        aggregated = len(records)
+        if stream in self._catchup:
+            records = self._catch_up(stream, records, batch.offsets[0])
         # Records move their input partition's clock at once (the clock messages may lag).
         newest: dict[str | None, float] = {}
         for r in records:
@@ -557,7 +565,53 @@ class EdgeOwnerPipeline(Pipeline):
                 agg.note_event_time(prefix + origin, ts)
         if records:
             agg.add_batch(stream, records, batch.offsets[0])
-        self._finish_batch(batch, len(records))
+        self._finish_batch(batch, aggregated)
+
+    def _catch_up(
+        self, stream: str, records: list[FlowRecord], first_offset: int
+    ) -> list[FlowRecord]:
+        """Records of ``stream`` (just taken over) for windows this replica closed before the
+        takeover go to the stream's catch-up aggregator; the rest are returned for the main one.
+
+        A previous owner that died behind this replica had not emitted those windows, yet the
+        main aggregator had closed them (for its own partitions): there its records would be
+        late, and lost. The catch-up aggregator holds only this stream's windows from the
+        previous owner's horizon up to the main aggregator's ``closed_before`` at the takeover
+        (none of which this replica emitted for the stream), and closes them as the stream's
+        own event time passes them; then it is dropped."""
+        cu, cut = self._catchup[stream]
+        back = [r for r in records if r.ts < cut]
+        if back:
+            cu.add_batch(stream, back, first_offset)
+        if records:
+            cu.note_event_time(stream, max(r.ts for r in records))
+        return [r for r in records if r.ts >= cut] if back else records
+
+    def _caught_up_windows(self) -> list[EdgeWindow]:
+        """Closed windows of the catch-up aggregators; finished ones are dropped."""
+        out: list[EdgeWindow] = []
+        for stream, (cu, cut) in list(self._catchup.items()):
+            out.extend(cu.close_ready())
+            if cu.closed_before >= cut or cu.watermark >= cut:
+                out.extend(cu.flush())  # nothing below ``cut`` can arrive on time any more
+                del self._catchup[stream]
+        self.catchup_windows += len(out)
+        return out
+
+    async def _after_batch(self) -> None:
+        windows = self.aggregator.close_ready()
+        if self._catchup:
+            windows += self._caught_up_windows()
+        await self._emit(windows)
+
+    def _positions(self) -> dict[str, int]:
+        # open catch-up windows hold their stream's commit back, as open windows do
+        out = self.aggregator.positions()
+        for cu, _ in self._catchup.values():
+            for stream, off in cu.positions().items():
+                if off < out.get(stream, off + 1):
+                    out[stream] = off
+        return out
 
     def _take_clocks(self, batch: Batch) -> tuple[list[bytes], list[int]]:
         """Apply the clock messages of ``batch``; return its other units and their offsets.
@@ -674,16 +728,38 @@ class EdgeOwnerPipeline(Pipeline):
         )
         self._release_foreign_incidents([*self._owned, *streams], set(states))
         adopt = [getattr(s, "adopt_incidents", None) for s in self.sinks]
+        main_closed = self.aggregator.closed_before
         for p, state in states.items():
             closed = state.get("closed_before")
             if isinstance(closed, int | float):
                 self._horizon[by_part[p]] = float(closed)
+                if closed < main_closed:
+                    self._catchup[by_part[p]] = (self._new_catchup(float(closed)), main_closed)
+                    log.info(
+                        "%s: its previous owner emitted windows before %.0f, this replica "
+                        "closed up to %.0f: rebuilding those in between",
+                        by_part[p],
+                        closed,
+                        main_closed,
+                    )
             incidents = state.get("incidents") or []
             for fn in adopt:
                 if fn is not None and incidents:
                     self.incidents_adopted += fn(incidents)
         self._owned.update(streams)  # only now: our own commits must not publish state first
         self._elect_mesh_wide_reporter()
+
+    def _new_catchup(self, horizon: float) -> WindowAggregator:
+        s = self.settings
+        cu = WindowAggregator(
+            window_s=s.window_s,
+            allowed_lateness_s=s.allowed_lateness_s,
+            max_open_edges=s.max_open_edges,
+            max_routes_per_service=s.max_routes_per_service,
+            edge_idle_ttl_s=s.edge_idle_ttl_s,
+        )
+        cu.treat_as_closed_before(horizon)
+        return cu
 
     def _release_foreign_incidents(self, owned: Sequence[str], handed: set[int]) -> None:
         """Forget open incidents of partitions this replica does not own, and of partitions
@@ -720,6 +796,8 @@ class EdgeOwnerPipeline(Pipeline):
                 if p is None:
                     continue
                 horizon = max(closed, self._horizon.get(stream, -math.inf))
+                if stream in self._catchup:  # its windows below this are not all emitted yet
+                    horizon = self._catchup[stream][0].closed_before
                 states[p] = {
                     "closed_before": horizon if horizon > -math.inf else None,
                     "incidents": [],
@@ -744,6 +822,7 @@ class EdgeOwnerPipeline(Pipeline):
         self._owned.difference_update(streams)
         self._elect_mesh_wide_reporter()
         for stream in streams:
+            self._catchup.pop(stream, None)  # the next owner rebuilds them from the commit
             self._hw.pop(stream, None)
             self._unclocked.discard(stream)
             self.aggregator.forget_stream(HOLD_PREFIX + stream)

@@ -323,3 +323,33 @@ async def test_edge_owner_keeps_only_the_restored_incidents_of_partitions_it_own
     assert sink.open == {by_part[0]: "checkpoint", by_part[1]: "handed over", mesh_wide: "checkpoint"}
     assert owner.incidents_released == 3 and owner.incidents_adopted == 1
     assert owner._horizon == {"flows[1]": 600.0}
+
+
+async def test_taken_over_windows_this_replica_closed_already_are_rebuilt() -> None:
+    """The previous owner died behind this replica: windows it never emitted, which this
+    replica's aggregator closed for its own partitions, are rebuilt (not late) and emitted once
+    the stream's own event time passes them; the commit waits for them."""
+
+    def rec(ts: float, who: str) -> FlowRecord:
+        return FlowRecord(ts, src_principal=who, src_cluster="east", dst_service="s")
+
+    owner = EdgeOwnerPipeline(
+        PipelineSettings(window_s=60, allowed_lateness_s=0),
+        partitions=lambda: 4,
+        handover=FakeHandover({1: {"closed_before": 60.0, "incidents": []}}),  # type: ignore[arg-type]
+    )
+    agg = owner.aggregator
+    agg.add_batch("flows[0]", [rec(t, "mine") for t in (10, 70, 130, 200)], 0)
+    assert {w.window_start for w in agg.close_ready()} == {0, 60, 120}
+    assert agg.closed_before == 180
+    await owner._on_assigned(["flows[1]"])
+    main = owner._catch_up("flows[1]", [rec(70, "theirs"), rec(130, "theirs"), rec(190, "x")], 5)
+    assert [r.ts for r in main] == [190]  # the main aggregator takes what it has not closed
+    assert owner._positions()["flows[1]"] == 5  # open catch-up windows hold the commit back
+    assert (await owner.handover.read([1]))[1]["closed_before"] == 60.0
+    await owner._publish_state()
+    assert owner.handover.published[-1][1]["closed_before"] == 60.0  # not all emitted yet
+    done = owner._caught_up_windows()
+    assert [(w.window_start, w.src_principal) for w in done] == [(60, "theirs"), (120, "theirs")]
+    assert "flows[1]" not in owner._catchup and owner.catchup_windows == 2
+    assert agg.stats.late == 0
