@@ -590,10 +590,19 @@ class EdgeOwnerPipeline(Pipeline):
     def _caught_up_windows(self) -> list[EdgeWindow]:
         """Closed windows of the catch-up aggregators; finished ones are dropped."""
         out: list[EdgeWindow] = []
+        clocks = self.aggregator.stream_clocks()
+        lateness = self.settings.allowed_lateness_s
         for stream, (cu, cut) in list(self._catchup.items()):
             out.extend(cu.close_ready())
-            if cu.closed_before >= cut or cu.watermark >= cut:
-                out.extend(cu.flush())  # nothing below ``cut`` can arrive on time any more
+            # The stream's input partitions (their clock messages, as for the main watermark)
+            # have all passed ``cut`` or gone idle: nothing below it can arrive on time.
+            prefix = f"{ORIGIN_PREFIX}{stream}|"
+            origins = [c for name, c in clocks.items() if name.startswith(prefix)]
+            passed = bool(origins) and all(
+                idle or (ts is not None and ts - lateness >= cut) for ts, idle in origins
+            )
+            if passed or cu.closed_before >= cut or cu.watermark >= cut:
+                out.extend(cu.flush())
                 del self._catchup[stream]
         self.catchup_windows += len(out)
         return out
@@ -661,6 +670,8 @@ class EdgeOwnerPipeline(Pipeline):
             if now - seen >= limit:
                 self.aggregator.mark_idle(name, True)
         await super()._on_idle()
+        if self._catchup:  # a stream being caught up may have gone quiet meanwhile
+            await self._emit(self._caught_up_windows())
 
     def _elect_mesh_wide_reporter(self) -> None:
         """The owner of internal partition 0 reports what has no caller in its subject (mesh-wide

@@ -353,3 +353,26 @@ async def test_taken_over_windows_this_replica_closed_already_are_rebuilt() -> N
     assert [(w.window_start, w.src_principal) for w in done] == [(60, "theirs"), (120, "theirs")]
     assert "flows[1]" not in owner._catchup and owner.catchup_windows == 2
     assert agg.stats.late == 0
+
+
+async def test_catch_up_ends_when_the_streams_input_partitions_passed_it() -> None:
+    """A stream that goes quiet after its catch-up records still gets those windows emitted:
+    once the clocks of its input partitions pass the cut (or they idle), the rest is flushed."""
+    from detector.repartition import ORIGIN_PREFIX
+
+    owner = EdgeOwnerPipeline(
+        PipelineSettings(window_s=60, allowed_lateness_s=30),
+        partitions=lambda: 4,
+        handover=FakeHandover({1: {"closed_before": 60.0, "incidents": []}}),  # type: ignore[arg-type]
+    )
+    owner.aggregator.treat_as_closed_before(180.0)
+    await owner._on_assigned(["flows[1]"])
+    late_edge = FlowRecord(130.0, src_principal="theirs", src_cluster="east", dst_service="s")
+    assert owner._catch_up("flows[1]", [late_edge], 3) == []
+    assert owner._caught_up_windows() == []  # 130 - 30 has not passed the cut of 180
+    origin = f"{ORIGIN_PREFIX}flows[1]|in[0]"
+    owner.aggregator.note_event_time(origin, 200.0)
+    assert owner._caught_up_windows() == []  # 200 - 30 < 180: records below 180 may still come
+    owner.aggregator.mark_idle(origin, True)
+    assert [w.window_start for w in owner._caught_up_windows()] == [120]
+    assert owner._catchup == {}
