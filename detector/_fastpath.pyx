@@ -868,6 +868,58 @@ cdef object _record_from(
 
 
 
+cdef bint _json_unit(const unsigned char* p, Py_ssize_t size, stream, off, list out):
+    """One Envoy JSON unit of the common shape into ``out``; False: the per-unit path's."""
+    cdef Scan s
+    if not _scan(p, size, &s):
+        return False
+    try:
+        out.append(_record_of(p, &s, stream, off))
+        return True
+    except Exception:  # _Handover too: the per-unit path decides (and dead-letters the unit)
+        return False
+
+
+cdef enum:
+    _UNITS_JSON = 0
+    _UNITS_TEXT = 1
+    _UNITS_AUDIT = 2
+    _UNITS_AUTO = 3
+
+
+cdef tuple _decode_units(
+    list units, list offsets, stream, Py_ssize_t max_bytes, slow, int kind
+):
+    """The batch loop of every ``decode_*_units``: each unit the compiled decoder of ``kind``
+    takes becomes its record here, any other goes to ``slow(unit, offset)``."""
+    cdef list out = []
+    cdef Py_ssize_t bad = 0, i, size, n = min(len(units), len(offsets))
+    cdef const unsigned char* p
+    cdef bint done
+    for i in range(n):
+        unit = units[i]
+        off = offsets[i]
+        if PyBytes_CheckExact(unit) and PyBytes_GET_SIZE(unit) <= max_bytes:
+            p = <const unsigned char*>PyBytes_AS_STRING(unit)
+            size = PyBytes_GET_SIZE(unit)
+            if kind == _UNITS_JSON:
+                done = _json_unit(p, size, stream, off, out)
+            elif kind == _UNITS_TEXT:
+                done = _text_unit(p, size, stream, off, out)
+            elif kind == _UNITS_AUDIT:
+                done = _audit_unit(unit, stream, off, out)
+            else:
+                done = _auto_unit(unit, p, size, stream, off, out)
+            if done:
+                continue
+        recs = slow(unit, off)
+        if recs is None:
+            bad += 1
+        else:
+            out.extend(recs)
+    return out, bad
+
+
 def decode_envoy_json_units(list units, list offsets, stream, Py_ssize_t max_bytes, slow):
     """Decode a batch of Envoy/Istio JSON units: ``(records, bad_units)``.
 
@@ -875,29 +927,7 @@ def decode_envoy_json_units(list units, list offsets, stream, Py_ssize_t max_byt
     its record here; any other unit goes to ``slow(unit, offset)``, the pipeline's own per-unit
     path (full decoder, dead letters), which returns its records or None for a bad unit.
     """
-    cdef list out = []
-    cdef Py_ssize_t bad = 0, i, n = min(len(units), len(offsets))
-    cdef Scan s
-    cdef const unsigned char* p
-    for i in range(n):
-        unit = units[i]
-        off = offsets[i]
-        if PyBytes_CheckExact(unit) and PyBytes_GET_SIZE(unit) <= max_bytes:
-            p = <const unsigned char*>PyBytes_AS_STRING(unit)
-            if _scan(p, PyBytes_GET_SIZE(unit), &s):
-                try:
-                    out.append(_record_of(p, &s, stream, off))
-                    continue
-                except _Handover:
-                    pass
-                except Exception:
-                    pass  # the per-unit path raises it again and dead-letters the unit
-        recs = slow(unit, off)
-        if recs is None:
-            bad += 1
-        else:
-            out.extend(recs)
-    return out, bad
+    return _decode_units(units, offsets, stream, max_bytes, slow, _UNITS_JSON)
 
 
 def resolve_records(list records, resolver, static):
@@ -1192,30 +1222,21 @@ def decode_envoy_text(data, source=None, offset=None):
         return _py_decode_text(data, source, offset)
 
 
+cdef bint _text_unit(const unsigned char* p, Py_ssize_t size, stream, off, list out):
+    """One Envoy text line of the common layout into ``out``; False: the per-unit path's."""
+    cdef Scan s
+    if not _scan_text(p, _text_len(p, size), &s):
+        return False
+    try:
+        out.append(_record_from(_text_ts(p, &s), p, &s, stream, off))
+        return True
+    except Exception:  # the per-unit path raises it again and dead-letters the unit
+        return False
+
+
 def decode_envoy_text_units(list units, list offsets, stream, Py_ssize_t max_bytes, slow):
     """``decode_envoy_json_units`` for text lines (same contract)."""
-    cdef list out = []
-    cdef Py_ssize_t bad = 0, i, n = min(len(units), len(offsets))
-    cdef Scan s
-    cdef const unsigned char* p
-    for i in range(n):
-        unit = units[i]
-        off = offsets[i]
-        if PyBytes_CheckExact(unit) and PyBytes_GET_SIZE(unit) <= max_bytes:
-            p = <const unsigned char*>PyBytes_AS_STRING(unit)
-            if _scan_text(p, _text_len(p, PyBytes_GET_SIZE(unit)), &s):
-                try:
-                    out.append(_record_from(_text_ts(p, &s), p, &s, stream, off))
-                    continue
-                except Exception:
-                    pass  # the per-unit path raises it again and dead-letters the unit
-        recs = slow(unit, off)
-        if recs is None:
-            bad += 1
-        else:
-            out.extend(recs)
-    return out, bad
-
+    return _decode_units(units, offsets, stream, max_bytes, slow, _UNITS_TEXT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1374,20 +1395,8 @@ def decode_k8s_audit_units(list units, list offsets, stream, Py_ssize_t max_byte
     """``decode_envoy_json_units`` for ``k8s_audit`` batches (same contract): a unit holding
     one ``Event`` of the common shape is decoded here; ``EventList``s and the rest go to
     ``slow``."""
-    cdef list out = []
-    cdef Py_ssize_t bad = 0, i, n = min(len(units), len(offsets))
-    for i in range(n):
-        unit = units[i]
-        off = offsets[i]
-        if PyBytes_CheckExact(unit) and PyBytes_GET_SIZE(unit) <= max_bytes:
-            if _audit_unit(unit, stream, off, out):
-                continue
-        recs = slow(unit, off)
-        if recs is None:
-            bad += 1
-        else:
-            out.extend(recs)
-    return out, bad
+    return _decode_units(units, offsets, stream, max_bytes, slow, _UNITS_AUDIT)
+
 
 # ---------------------------------------------------------------------------------------------
 # ``auto`` batches: the access-log units ``sniff`` would name, decoded here
@@ -1412,50 +1421,27 @@ cdef bint _wrapper_head(const unsigned char* p, Py_ssize_t n) noexcept nogil:
     return False
 
 
+cdef bint _auto_unit(unit, const unsigned char* p, Py_ssize_t size, stream, off, list out):
+    """A unit ``sniff`` names Envoy JSON (it opens with ``{"start_time"`` and its head holds no
+    wrapper key), Envoy text (``[`` and two digits) or a Kubernetes audit event, decoded by
+    that format's compiled path; False: the per-unit path's (which sniffs it itself)."""
+    if size >= 13 and memcmp(p, b'{"start_time"', 13) == 0:
+        return not _wrapper_head(p, size if size < _SNIFF_HEAD else _SNIFF_HEAD) and _json_unit(
+            p, size, stream, off, out
+        )
+    if size >= 3 and p[0] == 91 and 48 <= p[1] <= 57 and 48 <= p[2] <= 57:  # "[dd"
+        return _text_unit(p, size, stream, off, out)
+    if p[0] == 123 and _sniff(unit) == "k8s_audit":  # "{"
+        return _audit_unit(unit, stream, off, out)  # an EventList goes to ``slow`` there
+    return False
+
+
 def decode_auto_units(list units, list offsets, stream, Py_ssize_t max_bytes, slow):
-    """``decode_envoy_json_units`` for ``auto`` batches (same contract): a unit ``sniff`` names
-    Envoy JSON (it opens with ``{"start_time"`` and its head holds no wrapper key) or Envoy text
-    (``[`` and two digits) or a Kubernetes audit ``Event`` is decoded here as that format; every
-    other unit, and any unit the compiled decoders do not take whole, goes to ``slow``, which
-    sniffs it itself."""
-    cdef list out = []
-    cdef Py_ssize_t bad = 0, i, size, n = min(len(units), len(offsets))
-    cdef Scan s
-    cdef const unsigned char* p
-    for i in range(n):
-        unit = units[i]
-        off = offsets[i]
-        if PyBytes_CheckExact(unit) and PyBytes_GET_SIZE(unit) <= max_bytes:
-            p = <const unsigned char*>PyBytes_AS_STRING(unit)
-            size = PyBytes_GET_SIZE(unit)
-            if size >= 13 and memcmp(p, b'{"start_time"', 13) == 0:
-                if not _wrapper_head(p, size if size < _SNIFF_HEAD else _SNIFF_HEAD) and _scan(
-                    p, size, &s
-                ):
-                    try:
-                        out.append(_record_of(p, &s, stream, off))
-                        continue
-                    except _Handover:
-                        pass
-                    except Exception:
-                        pass  # the per-unit path raises it again and dead-letters the unit
-            elif size >= 3 and p[0] == 91 and 48 <= p[1] <= 57 and 48 <= p[2] <= 57:  # "[dd"
-                if _scan_text(p, _text_len(p, size), &s):
-                    try:
-                        out.append(_record_from(_text_ts(p, &s), p, &s, stream, off))
-                        continue
-                    except Exception:
-                        pass
-            elif p[0] == 123 and _sniff(unit) == "k8s_audit":  # "{"
-                # an EventList holds "items": ``slow`` reports its bad items one by one
-                if _audit_unit(unit, stream, off, out):
-                    continue
-        recs = slow(unit, off)
-        if recs is None:
-            bad += 1
-        else:
-            out.extend(recs)
-    return out, bad
+    """``decode_envoy_json_units`` for ``auto`` batches (same contract): every unit
+    ``_auto_unit`` takes is decoded here; every other unit, and any unit the compiled decoders
+    do not take whole, goes to ``slow``."""
+    return _decode_units(units, offsets, stream, max_bytes, slow, _UNITS_AUTO)
+
 
 # ---------------------------------------------------------------------------------------------
 # Windowed aggregation (``WindowAggregator.add_batch``)

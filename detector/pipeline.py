@@ -115,13 +115,7 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         self.on_progress = on_progress
         self.resolver = Resolver(s.trust_domains, s.cidrs)
-        self.aggregator = WindowAggregator(
-            window_s=s.window_s,
-            allowed_lateness_s=s.allowed_lateness_s,
-            max_open_edges=s.max_open_edges,
-            max_routes_per_service=s.max_routes_per_service,
-            edge_idle_ttl_s=s.edge_idle_ttl_s,
-        )
+        self.aggregator = self.new_aggregator()
         self.joiner: Any = None  # created on the first span (see ``_join``)
         self.stats = PipelineStats()
         self._stop = asyncio.Event()
@@ -136,6 +130,17 @@ class Pipeline:
         self._metrics_at = -math.inf  # monotonic time of the last periodic metrics refresh
 
     # -- public ------------------------------------------------------------------------------
+
+    def new_aggregator(self) -> WindowAggregator:
+        """A window aggregator with this pipeline's settings."""
+        s = self.settings
+        return WindowAggregator(
+            window_s=s.window_s,
+            allowed_lateness_s=s.allowed_lateness_s,
+            max_open_edges=s.max_open_edges,
+            max_routes_per_service=s.max_routes_per_service,
+            edge_idle_ttl_s=s.edge_idle_ttl_s,
+        )
 
     def stop(self) -> None:
         self._stop.set()

@@ -761,14 +761,7 @@ class EdgeOwnerPipeline(Pipeline):
         self._elect_mesh_wide_reporter()
 
     def _new_catchup(self, horizon: float) -> WindowAggregator:
-        s = self.settings
-        cu = WindowAggregator(
-            window_s=s.window_s,
-            allowed_lateness_s=s.allowed_lateness_s,
-            max_open_edges=s.max_open_edges,
-            max_routes_per_service=s.max_routes_per_service,
-            edge_idle_ttl_s=s.edge_idle_ttl_s,
-        )
+        cu = self.new_aggregator()
         cu.treat_as_closed_before(horizon)
         return cu
 
