@@ -8,6 +8,10 @@ What it does, in one run:
    replica as its own process running the real scale-out assembly (``runner.build_replica``:
    ingest -> internal topic -> edge owner -> aggregation; no model, so no scoring), and reads
    their progress (records aggregated by the edge owners);
+   with ``--score``, the replicas also score: a model trained on 6 h of the same traffic before
+   the benchmark's hour, and shared scoring (every replica scores every window time, read from
+   the window log: ``detector.exchange``), so the figure includes what scoring costs each
+   replica;
 3. reports events/s over the steady part of each run (from 5 % to 95 % of the records
    aggregated, so group joins and the tail are outside the timed span) and the ratio.
 
@@ -15,6 +19,7 @@ Every process shares the machine's cores with the broker; it prints figures, it 
 fails (DESIGN.md §9).
 
     .venv/bin/python benchmarks/bench_scaleout.py [--records N] [--partitions P] [--replicas 1,2]
+                                                  [--score]
 """
 
 from __future__ import annotations
@@ -29,8 +34,11 @@ import tempfile
 import threading
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -39,8 +47,9 @@ sys.path.insert(0, str(HERE.parent))
 import bench_kafka  # noqa: E402  (the broker and the data generator are shared)
 
 
-def replica_config(bootstrap: str, topic: str, tag: str) -> dict[str, Any]:
-    return {
+def replica_config(bootstrap: str, topic: str, tag: str, model: str | None = None
+                   ) -> dict[str, Any]:  # fmt: skip
+    cfg: dict[str, Any] = {
         "sources": [
             {
                 "type": "kafka",
@@ -62,15 +71,42 @@ def replica_config(bootstrap: str, topic: str, tag: str) -> dict[str, Any]:
             "linger_ms": int(os.environ.get("BENCH_LINGER_MS", "200")),
         },
     }
+    if model is not None:
+        cfg["detection"] = {"model": model}
+    return cfg
 
 
-async def _replica(bootstrap: str, topic: str, tag: str, go: str) -> None:
+def train_model(d: Path, records: int) -> str:
+    """A model of 6 h of the benchmark's traffic before its hour (same mix, same rate)."""
+    from detector.replay import train
+
+    path = d / "east.istio.jsonl"  # cluster "east", as the replicas' topic says
+    hours = 6
+    n = records * hours
+    with path.open("wb") as fh:
+        for i in range(n):
+            line = bench_kafka.istio_line(i, n)
+            doc = orjson.loads(line)
+            ts = bench_kafka.T0 - hours * 3600 + hours * 3600 * i / n
+            doc["start_time"] = (
+                datetime.fromtimestamp(ts, UTC)
+                .isoformat(timespec="milliseconds")
+                .replace("+00:00", "Z")
+            )
+            fh.write(orjson.dumps(doc) + b"\n")
+    models = d / "models"
+    train([path], models, cluster_from_filename=True)
+    return str(models)
+
+
+async def _replica(bootstrap: str, topic: str, tag: str, go: str, model: str | None) -> None:
     from detector.config import parse_config
     from detector.pipeline import CallbackSink
     from detector.runner import build_replica, run_replica
 
-    cfg = parse_config(replica_config(bootstrap, topic, tag), "bench")
-    replica = build_replica(cfg, sinks=[CallbackSink(lambda ws: None)])
+    cfg = parse_config(replica_config(bootstrap, topic, tag, model), "bench")
+    # with a model: the detection stage (shared scoring), no other sink
+    replica = build_replica(cfg, sinks=None if model else [CallbackSink(lambda ws: None)])
     # Start gate: every replica joins the groups at the same moment, so the first one does not
     # drain the backlog alone while the others are still starting.
     print(json.dumps({"t": time.time(), "records": 0, "gate": True}), flush=True)
@@ -84,10 +120,13 @@ async def _replica(bootstrap: str, topic: str, tag: str, go: str) -> None:
     task.result()
 
 
-def run_replicas(k: int, bootstrap: str, topic: str, n: int, timeout_s: float) -> dict[str, Any]:
+def run_replicas(k: int, bootstrap: str, topic: str, n: int, timeout_s: float,
+                 model: str | None = None) -> dict[str, Any]:  # fmt: skip
     tag = uuid.uuid4().hex[:8]
     go = Path(tempfile.mkdtemp()) / "go"
     cmd = [sys.executable, __file__, "--replica", "--bootstrap", bootstrap, "--topic", topic]
+    if model is not None:
+        cmd += ["--model", model]
     procs = [
         subprocess.Popen(
             [*cmd, "--tag", tag, "--go", str(go)],
@@ -162,6 +201,8 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=8)
     ap.add_argument("--replicas", default="1,2", help="replica counts to run, in order")
     ap.add_argument("--timeout-s", type=float, default=600.0)
+    ap.add_argument("--score", action="store_true", help="replicas score too (trains a model)")
+    ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--replica", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
     ap.add_argument("--topic", help=argparse.SUPPRESS)
@@ -169,8 +210,13 @@ def main() -> None:
     ap.add_argument("--go", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.replica:
-        asyncio.run(_replica(args.bootstrap, args.topic, args.tag, args.go))
+        asyncio.run(_replica(args.bootstrap, args.topic, args.tag, args.go, args.model))
         return
+    model = None
+    if args.score:
+        t0 = time.perf_counter()
+        model = train_model(Path(tempfile.mkdtemp()), args.records)
+        print(f"model: 6 h of the same traffic, trained in {time.perf_counter() - t0:.0f} s")
 
     with bench_kafka.broker(None) as bootstrap:
         topic = f"bench-scale-{uuid.uuid4().hex[:8]}"
@@ -184,11 +230,12 @@ def main() -> None:
         )
         rates: dict[int, float] = {}
         for k in (int(x) for x in args.replicas.split(",")):
-            r = run_replicas(k, bootstrap, topic, args.records, args.timeout_s)
+            r = run_replicas(k, bootstrap, topic, args.records, args.timeout_s, model)
             rates[k] = r["rate"]
             print(
                 f"{k} replica(s): {r['rate']:>9,.0f} events/s through ingest -> internal topic -> "
-                f"edge owner -> aggregation ({r['records']:,} aggregated, per replica "
+                f"edge owner -> aggregation{' -> shared scoring' if model else ''} "
+                f"({r['records']:,} aggregated, per replica "
                 f"{r.get('shares')}"
                 f"{', ' + r['note'] if 'note' in r else ''})"
             )

@@ -2,8 +2,9 @@
 
 Contract:
 * ``Checkpointer.save(stage, event_ts)`` writes the scorer (every baseline and calibrator, as
-  learned online since the model was loaded), the open incidents and the response stage's
-  actions to ``path`` atomically (temporary file, fsync, rename): a crash leaves the previous
+  learned online since the model was loaded), the open incidents, the response stage's
+  actions and, in scale-out, where those baselines are in the window log (``exchange``) to
+  ``path`` atomically (temporary file, fsync, rename): a crash leaves the previous
   checkpoint whole. ``load()`` returns it, or None when there is none; a damaged file is an
   ``InfrastructureError`` (the service must not silently relearn from zero).
 * A checkpoint belongs to the model it grew from: ``load`` ignores one whose
@@ -49,6 +50,9 @@ class Checkpointer:
             "tracker": stage.tracker.get_state(),
             "responder": stage.responder.get_state() if stage.responder is not None else None,
         }
+        extra = getattr(stage, "extra_state", None)
+        if extra is not None:
+            state["exchange"] = extra()  # scale-out: where the baselines are in the window log
         blob = gzip.compress(orjson.dumps(state, option=orjson.OPT_SERIALIZE_NUMPY), 3, mtime=0)
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:

@@ -7,6 +7,11 @@ learning on), feeds the anomalies to the incident tracker, and hands the resulti
 offsets are committed only past findings that were delivered. ``close()`` closes the sinks;
 open incidents stay open (a restart picks them up from the next checkpoint, not from here).
 ``from_config`` builds it from the ``detection`` section of the config.
+
+Scale-out (``detector.exchange``): every replica scores every window time, and ``owns`` says
+which anomalies this replica reports (those of the internal partitions it owns); the anomalies
+of the last ``HISTORY`` window times are kept so that a replica taking a partition over reports
+what its previous owner had not (``report_history``).
 """
 
 from __future__ import annotations
@@ -14,19 +19,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sys
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol, TextIO
 
-from detector.anomalies import Subject
+from detector.anomalies import Anomaly, Subject
 from detector.findings import IncidentTracker, finding_summary
 from detector.flows import EdgeWindow
 from detector.instrumentation import Metrics, count_labels, finding_labels
 from detector.scoring import AllowRule, Scorer, Thresholds
 from detector.tracing import tracer
 
-
-def _callerless(subject: Subject) -> bool:
-    return subject.principal is None and subject.src_ip is None
+HISTORY = 240  # window times of anomalies kept for takeovers (scale-out): 4 h of 60 s windows
 
 
 class FindingSink(Protocol):
@@ -86,7 +90,11 @@ class DetectionStage:
     ):
         self.scorer = scorer
         self.tracker = tracker
-        self.mesh_wide = True  # report callerless anomalies (see ``repartition``)
+        # Scale-out: the anomalies this replica reports (None: all); see the module docstring.
+        self.owns: Callable[[Anomaly], bool] | None = None
+        self.history: deque[tuple[float, list[Anomaly]]] = deque(maxlen=HISTORY)
+        self.extra_state: Callable[[], dict[str, Any]] | None = None  # checkpointed beside
+        self.restored: dict[str, Any] | None = None  # the checkpoint this stage resumed from
         self.sinks = list(sinks)
         self.responder = responder
         self.action_sinks = list(action_sinks)
@@ -124,6 +132,49 @@ class DetectionStage:
                 span.set_attribute("detector.actions", len(acts))
             out += found
             actions += acts
+        await self._deliver(out, actions)
+        if by_time:
+            self._after(max(by_time) + windows[0].window_end - windows[0].window_start)
+
+    def _score(
+        self, batch: list[EdgeWindow], now: float
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """One window time: anomalies -> incidents' findings -> (actions)."""
+        anomalies = self.scorer.process(batch)
+        if self.owns is not None:
+            self.history.append((now, anomalies))
+            anomalies = [a for a in anomalies if self.owns(a)]
+        return self._report(anomalies, now)
+
+    def _report(
+        self, anomalies: list[Anomaly], now: float
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        for a in anomalies:
+            self.by_type[a.finding_type] = self.by_type.get(a.finding_type, 0) + 1
+        found = self.tracker.observe(anomalies, now) + self.tracker.tick(now)
+        acts: list[dict[str, Any]] = []
+        if self.responder is not None:
+            acts = self.responder.on_findings(found, now) + self.responder.tick(now)
+            _attach(found, acts)
+        return found, acts
+
+    async def report_history(self, belongs: Callable[[Anomaly], bool]) -> int:
+        """Report the anomalies of the kept window times for which ``belongs`` holds (a
+        partition just taken over, from its previous owner's horizon on); returns how many."""
+        out: list[dict[str, Any]] = []
+        actions: list[dict[str, Any]] = []
+        n = 0
+        for now, anomalies in list(self.history):
+            mine = [a for a in anomalies if belongs(a)]
+            if mine:
+                found, acts = self._report(mine, now)
+                out += found
+                actions += acts
+                n += len(mine)
+        await self._deliver(out, actions)
+        return n
+
+    async def _deliver(self, out: list[dict[str, Any]], actions: list[dict[str, Any]]) -> None:
         if out:
             for sink in self.sinks:
                 await sink.emit(out)
@@ -134,28 +185,6 @@ class DetectionStage:
                 await sink.emit(actions)
             self.actions += len(actions)
             count_labels(_action_labels(actions), self.action_counts)
-        if by_time:
-            self._after(max(by_time) + windows[0].window_end - windows[0].window_start)
-
-    def _score(
-        self, batch: list[EdgeWindow], now: float
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        """One window time: anomalies -> incidents' findings -> (actions)."""
-        anomalies = self.scorer.process(batch)
-        if not self.mesh_wide:
-            # Scale-out: records are keyed by caller, so only caller-keyed anomalies are seen
-            # whole by one replica. Mesh-wide shifts and callee-only subjects (a service's
-            # latency or errors) are reported by one replica (the owner of the first internal
-            # partition), from its share of the callers; the others would repeat them.
-            anomalies = [a for a in anomalies if not _callerless(a.subject)]
-        for a in anomalies:
-            self.by_type[a.finding_type] = self.by_type.get(a.finding_type, 0) + 1
-        found = self.tracker.observe(anomalies, now) + self.tracker.tick(now)
-        acts: list[dict[str, Any]] = []
-        if self.responder is not None:
-            acts = self.responder.on_findings(found, now) + self.responder.tick(now)
-            _attach(found, acts)
-        return found, acts
 
     def _after(self, event_ts: float) -> None:
         """Checkpoint and snapshot on their event-time schedules."""
@@ -359,6 +388,7 @@ def from_config(cfg: Any, console: bool) -> DetectionStage:
         responder.set_state(state["responder"])
     stage = DetectionStage(scorer, tracker, sinks, responder, action_sinks)
     stage.checkpointer = ckpt
+    stage.restored = state
     stage.snapshot_dir = d.snapshot_dir
     stage.snapshot_interval_s = d.snapshot_interval_s
     stage.window_s = float(art.manifest.get("window_s", 60.0))

@@ -346,6 +346,8 @@ class WindowAggregator:
         self._open_edges = 0
         # window start -> stream -> smallest offset that fed the window
         self._window_offsets: dict[float, dict[str, int]] = {}
+        # closed windows whose offsets still hold their streams' commit (``hold_closed``)
+        self._held: dict[float, dict[str, int]] | None = None
         self._stream_next: dict[str, int] = {}  # stream -> offset after the last unit seen
         self._stream_max_ts: dict[str, float] = {}
         self._stream_idle: set[str] = set()
@@ -408,6 +410,26 @@ class WindowAggregator:
         self._stream_idle.discard(stream)
         self._stream_next.pop(stream, None)
         for offs in self._window_offsets.values():
+            offs.pop(stream, None)
+
+    def hold_closed(self) -> None:
+        """From now on, closed windows keep holding their streams' positions back until
+        ``release_closed``: for a stage that acts on a window only after it closed (scale-out
+        scores a window once every replica closed it)."""
+        if self._held is None:
+            self._held = {}
+
+    def release_closed(self, before: float) -> None:
+        """Closed windows starting before ``before`` are done with: they hold no position."""
+        held = self._held
+        if held:
+            for w in [w for w in held if w < before]:
+                del held[w]
+
+    def release_stream(self, stream: str) -> None:
+        """Closed windows hold no position of ``stream`` any more (its partition was revoked,
+        after the revoking commit)."""
+        for offs in (self._held or {}).values():
             offs.pop(stream, None)
 
     def note_event_time(self, stream: str, ts: float) -> None:
@@ -620,7 +642,9 @@ class WindowAggregator:
             if w + ws > watermark:
                 break
             edges = self._windows.pop(w)
-            self._window_offsets.pop(w, None)
+            offsets = self._window_offsets.pop(w, None)
+            if self._held is not None and offsets:
+                self._held[w] = offsets
             self._open_edges -= len(edges)
             if self._materialise_all is not None:
                 out.extend(self._materialise_all(w, ws, edges))
@@ -667,7 +691,7 @@ class WindowAggregator:
     def positions(self) -> dict[str, int]:
         """Per stream, the next offset safe to commit (see the module docstring)."""
         out = dict(self._stream_next)
-        for per in self._window_offsets.values():
+        for per in [*self._window_offsets.values(), *(self._held or {}).values()]:
             for stream, off in per.items():
                 if off < out.get(stream, off + 1):
                     out[stream] = off

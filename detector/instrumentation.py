@@ -108,6 +108,19 @@ class Metrics:
         self.queue_depth = Gauge(
             "detector_queue_batches", "Batches waiting between sources and the core", registry=r
         )
+        # -- scale-out: shared scoring (``detector.exchange``) --------------------------------
+        self.shared_pending = Gauge(
+            "detector_shared_windows_pending",
+            "Edge windows read from the window log, waiting until every internal partition "
+            "closed their window time (scale-out)",
+            registry=r,
+        )
+        self.shared_scored_before = Gauge(
+            "detector_shared_scored_before_seconds",
+            "Window times before this (epoch seconds) were scored by every replica's baselines "
+            "(scale-out)",
+            registry=r,
+        )
         self.span_joins = Counter(
             "detector_span_joins", "Client/server span halves, by result", ["result"], registry=r
         )

@@ -423,7 +423,7 @@ class Pipeline:
                         per[(*k, outcome)] = per.get((*k, outcome), 0) + n
             for (sc, dc, outcome), n in per.items():
                 m.flow_records.labels(sc, dc, outcome).inc(n)
-            for sink in self.sinks:
+            for sink in self._window_sinks():
                 await sink.emit(windows)  # InfrastructureError propagates: exit, restart
             self.stats.edge_windows += len(windows)
             m.edge_windows.inc(len(windows))
@@ -479,6 +479,10 @@ class Pipeline:
             export = getattr(sink, "export_metrics", None)
             if export is not None:
                 await export(m, wall, slow)
+
+    def _window_sinks(self) -> list[WindowSink]:
+        """The sinks this pipeline's closed windows go to (scale-out scores elsewhere)."""
+        return self.sinks
 
     def _positions(self) -> dict[str, int]:
         """Per stream, the next offset safe to commit."""

@@ -53,9 +53,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from detector.anomalies import Subject
+from detector.anomalies import Anomaly, Subject
 from detector.decoders.internal import decode_clocks, encode_clocks, encode_records
 from detector.errors import InfrastructureError
+from detector.exchange import WindowExchange
 from detector.flows import ANONYMOUS, EdgeKey, EdgeWindow, WindowAggregator
 from detector.handover import HandoverLog
 from detector.pipeline import Pipeline, PipelineStats
@@ -83,6 +84,11 @@ class ScaleOutSettings(BaseModel):
     replication_factor: int = Field(1, gt=0)
     group_id: str = Field("mesh-detector-edges", min_length=1)  # the edge owners' group
     state_topic: str | None = None  # incident handover; default "<topic>-state"
+    # Closed windows every replica scores (``detector.exchange``); default "<topic>-windows".
+    windows_topic: str | None = None
+    # Its retention: a replica starting without a checkpoint reads it all (it learns what the
+    # others learned since they started); one with a checkpoint only what came after it.
+    windows_retention_h: float = Field(24.0, gt=0)
     max_records_per_message: int = Field(1000, gt=0)
     # The producer keeps one request in flight per broker: batches, not round trips, set the
     # pace. 200 ms of delay is nothing next to a 60 s window.
@@ -92,6 +98,10 @@ class ScaleOutSettings(BaseModel):
     @property
     def state_topic_name(self) -> str:
         return self.state_topic or f"{self.topic}-state"
+
+    @property
+    def windows_topic_name(self) -> str:
+        return self.windows_topic or f"{self.topic}-windows"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,11 +129,11 @@ def edge_identity(key: EdgeKey) -> bytes:
     return identity_key(key[0], key[1])
 
 
-def subject_partition(subject: Subject, partitions: int) -> int | None:
-    """The partition of an incident's subject; None for a mesh-wide one (every replica keeps
-    its own)."""
+def subject_partition(subject: Subject, partitions: int) -> int:
+    """The partition of an incident's subject. One without a caller (a mesh-wide shift, a
+    service's latency or errors) belongs to partition 0: its owner reports it."""
     if subject.principal is None and subject.src_ip is None:
-        return None
+        return 0
     key = identity_key(subject.principal or ANONYMOUS, subject.src_cluster or UNKNOWN)
     return partition_of(key, partitions)
 
@@ -499,11 +509,22 @@ class EdgeOwnerPipeline(Pipeline):
         *args: Any,
         partitions: Callable[[], int],
         handover: HandoverLog | None = None,
+        exchange: WindowExchange | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._partition_count = partitions  # known once the topic's metadata is read
         self.handover = handover
+        # Shared scoring (``detector.exchange``): the sinks that score every replica's windows
+        # (detection stages) get them from the window log, the others this replica's own.
+        self.exchange = exchange if any(hasattr(s, "owns") for s in self.sinks) else None
+        self._shared: list[Any] = (
+            [s for s in self.sinks if hasattr(s, "owns")] if self.exchange else []
+        )
+        self._marks: dict[int, float] = {}  # per owned internal partition: the mark published
+        # per owned internal stream: anomalies of window times from here on are ours to report
+        self._report_from: dict[str, float] = {}
+        self.history_reported = 0  # anomalies reported at takeovers (see ``_on_assigned``)
         self.dropped_on_revoke = 0
         self.replayed_skipped = 0  # records of windows the previous owner already emitted
         self.incidents_adopted = 0
@@ -613,6 +634,83 @@ class EdgeOwnerPipeline(Pipeline):
             windows += self._caught_up_windows()
         await self._emit(windows)
 
+    # -- shared scoring (``detector.exchange``) ----------------------------------------------------
+
+    def _window_sinks(self) -> list[Any]:
+        return [s for s in self.sinks if s not in self._shared]
+
+    async def _emit(self, windows: list[EdgeWindow]) -> None:
+        if self.exchange is not None:
+            await self._publish_windows(windows)
+            await self._score_shared()
+        await super()._emit(windows)
+
+    def _mark(self, stream: str) -> float:
+        """Every window of ``stream``'s identities starting before this was published."""
+        closed = self.aggregator.closed_before
+        if stream in self._catchup:
+            closed = min(closed, self._catchup[stream][0].closed_before)
+        return closed
+
+    async def _publish_windows(self, windows: list[EdgeWindow]) -> None:
+        """This replica's closed windows, by internal partition, then the marks of the
+        partitions it owns (the log is the only way its windows reach any detection stage)."""
+        exchange = self.exchange
+        n = self._partition_count()
+        if exchange is None or n <= 0:
+            return
+        by_part: dict[int, list[EdgeWindow]] = {}
+        for w in windows:
+            p = partition_of(identity_key(w.src_principal, w.src_cluster), n)
+            by_part.setdefault(p, []).append(w)
+        for p, stream in self._stream_by_part.items():
+            mark = self._mark(stream)
+            if p in by_part or (mark > self._marks.get(p, -math.inf) and mark > -math.inf):
+                await exchange.publish(p, mark, by_part.pop(p, []))
+                self._marks[p] = mark
+        for p, ws in by_part.items():  # not owned any more (cannot happen; never lost)
+            await exchange.publish(p, None, ws)
+
+    async def _score_shared(self) -> None:
+        """Every window time every partition has closed goes to the detection stages: the
+        same batches, in the same order, on every replica. Their closed windows then stop
+        holding this replica's commit."""
+        exchange = self.exchange
+        if exchange is None:
+            return
+        batches = exchange.complete()
+        for batch in batches:
+            for sink in self._shared:
+                await sink.emit(batch)
+        ledger = exchange.ledger
+        if ledger is None:
+            return
+        done = ledger.scored_before
+        self.aggregator.release_closed(done)
+        for cu, _ in self._catchup.values():
+            cu.release_closed(done)
+        m = self.metrics
+        m.shared_pending.set(ledger.pending_windows)
+        if done > -math.inf:
+            m.shared_scored_before.set(done)
+
+    def _owns(self, a: Anomaly) -> bool:
+        """An anomaly this replica reports: its subject's partition is ours, and its window
+        time is not one the partition's previous owner already reported."""
+        n = self._partition_count()
+        stream = self._stream_by_part.get(subject_partition(a.subject, n)) if n > 0 else None
+        return stream is not None and a.window_start >= self._report_from.get(stream, -math.inf)
+
+    @property
+    def _stream_by_part(self) -> dict[int, str]:
+        return {p: s for s in self._owned if (p := stream_partition(s)) is not None}
+
+    def _new_aggregator_held(self) -> WindowAggregator:
+        agg = self.new_aggregator()
+        if self.exchange is not None:
+            agg.hold_closed()
+        return agg
+
     def _positions(self) -> dict[str, int]:
         # open catch-up windows hold their stream's commit back, as open windows do
         out = self.aggregator.positions()
@@ -673,15 +771,6 @@ class EdgeOwnerPipeline(Pipeline):
         if self._catchup:  # a stream being caught up may have gone quiet meanwhile
             await self._emit(self._caught_up_windows())
 
-    def _elect_mesh_wide_reporter(self) -> None:
-        """The owner of internal partition 0 reports what has no caller in its subject (mesh-wide
-        shifts, a service's latency or errors) from its share of the callers; every other
-        replica keeps quiet about them, so one such change is one finding."""
-        reporter = any(stream_partition(s) == 0 for s in self._owned)
-        for sink in self.sinks:
-            if hasattr(sink, "mesh_wide"):
-                sink.mesh_wide = reporter
-
     def _dedupe(self, stream: str, records: list[FlowRecord]) -> list[FlowRecord]:
         """Drop records an ingest replica sent again after taking over an input partition from
         the committed offset. Within one internal partition the records of one input partition
@@ -716,16 +805,37 @@ class EdgeOwnerPipeline(Pipeline):
             if hook is not None:
                 hook(self._on_assigned)
         try:
+            await self._open_exchange()
             return await super().run(sources)
         finally:
+            if self.exchange is not None:
+                await self.exchange.stop()
             if self.handover is not None:
                 await self.handover.stop()
+
+    async def _open_exchange(self) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            return
+        n = self._partition_count()
+        if n <= 0:
+            raise InfrastructureError("scale-out: the internal topic's partitions are unknown")
+        for stage in self._shared:
+            restored = getattr(stage, "restored", None) or {}
+            if restored.get("exchange"):
+                exchange.resume_from(restored["exchange"])
+        await exchange.start(n)
+        ledger = exchange.ledger
+        assert ledger is not None
+        self.aggregator.hold_closed()
+        for stage in self._shared:
+            stage.owns = self._owns
+            stage.extra_state = ledger.state
 
     async def _on_assigned(self, streams: Sequence[str]) -> None:
         """Take over partitions: the previous owner's horizon and open incidents."""
         if self.handover is None:
             self._owned.update(streams)
-            self._elect_mesh_wide_reporter()
             return
         by_part = {p: s for s in streams if (p := stream_partition(s)) is not None}
         t0 = time.monotonic()
@@ -740,10 +850,13 @@ class EdgeOwnerPipeline(Pipeline):
         self._release_foreign_incidents([*self._owned, *streams], set(states))
         adopt = [getattr(s, "adopt_incidents", None) for s in self.sinks]
         main_closed = self.aggregator.closed_before
+        for stream in streams:
+            self._report_from[stream] = -math.inf
         for p, state in states.items():
             closed = state.get("closed_before")
             if isinstance(closed, int | float):
                 self._horizon[by_part[p]] = float(closed)
+                self._report_from[by_part[p]] = float(closed)
                 if closed < main_closed:
                     self._catchup[by_part[p]] = (self._new_catchup(float(closed)), main_closed)
                     log.info(
@@ -758,10 +871,27 @@ class EdgeOwnerPipeline(Pipeline):
                 if fn is not None and incidents:
                     self.incidents_adopted += fn(incidents)
         self._owned.update(streams)  # only now: our own commits must not publish state first
-        self._elect_mesh_wide_reporter()
+        await self._report_taken_over(streams)
+
+    async def _report_taken_over(self, streams: Sequence[str]) -> None:
+        """Window times this replica scored before it took ``streams`` over, and that their
+        previous owner had not reported (from its horizon on): their anomalies are ours now."""
+        if not self._shared:
+            return
+        taken = set(streams)
+
+        def belongs(a: Anomaly) -> bool:
+            return (
+                self._owns(a)
+                and self._stream_by_part.get(subject_partition(a.subject, self._partition_count()))
+                in taken
+            )
+
+        for stage in self._shared:
+            self.history_reported += await stage.report_history(belongs)
 
     def _new_catchup(self, horizon: float) -> WindowAggregator:
-        cu = self.new_aggregator()
+        cu = self._new_aggregator_held()
         cu.treat_as_closed_before(horizon)
         return cu
 
@@ -786,7 +916,10 @@ class EdgeOwnerPipeline(Pipeline):
                 self.incidents_released += release(foreign)
 
     async def _commit(self) -> None:
-        # State first, then offsets: the state is never older than the committed position.
+        # Published windows acknowledged, then the state, then offsets: the state is never
+        # older than the committed position, and no window is only in a lost send.
+        if self.exchange is not None:
+            await self.exchange.flush()
         await self._publish_state()
         await super()._commit()
 
@@ -802,6 +935,9 @@ class EdgeOwnerPipeline(Pipeline):
                 horizon = max(closed, self._horizon.get(stream, -math.inf))
                 if stream in self._catchup:  # its windows below this are not all emitted yet
                     horizon = self._catchup[stream][0].closed_before
+                if self.exchange is not None and self.exchange.ledger is not None:
+                    # windows are reported once scored, and scored once every partition closed
+                    horizon = min(horizon, self.exchange.ledger.scored_before)
                 states[p] = {
                     "closed_before": horizon if horizon > -math.inf else None,
                     "incidents": [],
@@ -820,12 +956,16 @@ class EdgeOwnerPipeline(Pipeline):
     async def _on_revoked(self, streams: Sequence[str]) -> None:
         # Commit past what is closed while we still own the partitions, then forget the open
         # windows of their identities: the next owner rebuilds them from that commit.
+        await self._score_shared()  # what is complete is reported before the state goes out
         await self._publish_state()
         await super()._on_revoked(streams)
         self._stale.revoked(streams)
         self._owned.difference_update(streams)
-        self._elect_mesh_wide_reporter()
         for stream in streams:
+            self.aggregator.release_stream(stream)  # committed above: the next owner's now
+            self._report_from.pop(stream, None)
+            if (p := stream_partition(stream)) is not None:
+                self._marks.pop(p, None)
             self._catchup.pop(stream, None)  # the next owner rebuilds them from the commit
             self._hw.pop(stream, None)
             self._unclocked.discard(stream)

@@ -231,6 +231,7 @@ class Replica:
 
 def build_replica(cfg: DetectorConfig, sinks: list[WindowSink] | None = None) -> Replica:
     from detector.decoders.internal import FORMAT
+    from detector.exchange import WindowExchange
     from detector.handover import HandoverLog
     from detector.instrumentation import Metrics
     from detector.repartition import EdgeOwnerPipeline, Repartitioner
@@ -267,6 +268,12 @@ def build_replica(cfg: DetectorConfig, sinks: list[WindowSink] | None = None) ->
         metrics=metrics,
         partitions=lambda: ingest.partitions,
         handover=HandoverLog(kafka, scale.state_topic_name, scale.replication_factor),
+        exchange=WindowExchange(
+            kafka,
+            scale.windows_topic_name,
+            scale.replication_factor,
+            retention_ms=int(scale.windows_retention_h * 3_600_000),
+        ),
     )
     return Replica(ingest, build_sources(cfg), owner, [owner_src])
 

@@ -139,12 +139,14 @@ def test_partition_of_is_stable_and_matches_window_keys(fixtures_dir: Path) -> N
         assert matching, f"no window keyed by the identity of {r}"
 
 
-def test_subject_partition_follows_the_identity_and_keeps_mesh_wide_local() -> None:
+def test_subject_partition_follows_the_identity_and_puts_callerless_in_partition_0() -> None:
     who = Subject(principal="spiffe://cluster.local/ns/a/sa/b", src_cluster="east")
     assert subject_partition(who, 12) == 9
     by_ip = Subject(src_ip="10.0.0.1", src_cluster="east")
     assert subject_partition(by_ip, 12) == partition_of(identity_key("anonymous", "east"), 12)
-    assert subject_partition(Subject(), 12) is None
+    # a mesh-wide shift, a service's latency: reported (and handed over) with partition 0
+    assert subject_partition(Subject(), 12) == 0
+    assert subject_partition(Subject(dst_service="orders", dst_cluster="east"), 12) == 0
     assert stream_partition("flows[11]") == 11 and stream_partition("a/file.log") is None
 
 
@@ -319,7 +321,8 @@ async def test_edge_owner_keeps_only_the_restored_incidents_of_partitions_it_own
     )
     await owner._on_assigned(["flows[0]", "flows[1]"])
     # partition 0: ours, no state handed over: the checkpoint's incident stays; partition 1:
-    # the handed-over one replaces it; 2 and 3 belong to other replicas; mesh-wide stays
+    # the handed-over one replaces it; 2 and 3 belong to other replicas; mesh-wide stays (it
+    # belongs to partition 0)
     assert sink.open == {by_part[0]: "checkpoint", by_part[1]: "handed over", mesh_wide: "checkpoint"}
     assert owner.incidents_released == 3 and owner.incidents_adopted == 1
     assert owner._horizon == {"flows[1]": 600.0}
