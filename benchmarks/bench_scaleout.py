@@ -13,7 +13,9 @@ What it does, in one run:
    the window log: ``detector.exchange``), so the figure includes what scoring costs each
    replica;
 3. reports events/s over the steady part of each run (from 5 % to 95 % of the records
-   aggregated, so group joins and the tail are outside the timed span) and the ratio.
+   aggregated, so group joins and the tail are outside the timed span) and the ratio, for
+   ``--rounds`` rounds back to back (the median ratio is the figure: the shared machine's load
+   moves by tens of percent from one minute to the next).
 
 Every process shares the machine's cores with the broker; it prints figures, it never passes or
 fails (DESIGN.md §9).
@@ -28,6 +30,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -202,6 +205,7 @@ def main() -> None:
     ap.add_argument("--replicas", default="1,2", help="replica counts to run, in order")
     ap.add_argument("--timeout-s", type=float, default=600.0)
     ap.add_argument("--score", action="store_true", help="replicas score too (trains a model)")
+    ap.add_argument("--rounds", type=int, default=3, help="times to run the replica counts")
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--replica", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--bootstrap", help=argparse.SUPPRESS)
@@ -228,19 +232,29 @@ def main() -> None:
             f"broker {bootstrap}; topic {topic}: {prod['records']:,} records x "
             f"{prod['avg_bytes']:.0f} B in {args.partitions} partitions"
         )
-        rates: dict[int, float] = {}
-        for k in (int(x) for x in args.replicas.split(",")):
-            r = run_replicas(k, bootstrap, topic, args.records, args.timeout_s, model)
-            rates[k] = r["rate"]
-            print(
-                f"{k} replica(s): {r['rate']:>9,.0f} events/s through ingest -> internal topic -> "
-                f"edge owner -> aggregation{' -> shared scoring' if model else ''} "
-                f"({r['records']:,} aggregated, per replica "
-                f"{r.get('shares')}"
-                f"{', ' + r['note'] if 'note' in r else ''})"
-            )
-        if 1 in rates and 2 in rates and rates[1] > 0:
-            print(f"scaling: 2 replicas / 1 replica = {rates[2] / rates[1]:.2f}x")
+        ratios: list[float] = []
+        for rnd in range(args.rounds):
+            rates: dict[int, float] = {}
+            for k in (int(x) for x in args.replicas.split(",")):
+                r = run_replicas(k, bootstrap, topic, args.records, args.timeout_s, model)
+                rates[k] = r["rate"]
+                report(k, r, model is not None)
+            if 1 in rates and 2 in rates and rates[1] > 0:
+                ratios.append(rates[2] / rates[1])
+                print(f"round {rnd + 1}: 2 replicas / 1 replica = {ratios[-1]:.2f}x")
+        if ratios:
+            # rounds run back to back: the machine's load moves between them, less within one
+            print(f"scaling: median of {len(ratios)} round(s) = {statistics.median(ratios):.2f}x")
+
+
+def report(k: int, r: dict[str, Any], scoring: bool) -> None:
+    print(
+        f"{k} replica(s): {r['rate']:>9,.0f} events/s through ingest -> internal topic -> "
+        f"edge owner -> aggregation{' -> shared scoring' if scoring else ''} "
+        f"({r['records']:,} aggregated, per replica "
+        f"{r.get('shares')}"
+        f"{', ' + r['note'] if 'note' in r else ''})"
+    )
 
 
 if __name__ == "__main__":

@@ -307,7 +307,15 @@ class WindowExchange:
             raise InfrastructureError(
                 f"scale-out: cannot open the window log {self.topic}: {type(e).__name__} {e}"
             ) from None
-        log.info("window log %s: reading from offset %d", self.topic, offset)
+        if self._resume:
+            log.info(
+                "resuming the window log %s at offset %d (checkpoint: scored before %s)",
+                self.topic,
+                offset,
+                self._resume.get("scored_before"),
+            )
+        else:
+            log.info("reading the window log %s from its start", self.topic)
         self.ledger = ledger
         self._producer, self._consumer = producer, consumer
         self._reader = asyncio.create_task(self._read(tp))

@@ -351,6 +351,7 @@ class WindowAggregator:
         self._stream_next: dict[str, int] = {}  # stream -> offset after the last unit seen
         self._stream_max_ts: dict[str, float] = {}
         self._stream_idle: set[str] = set()
+        self._clockless: set[str] = set()  # streams whose records never hold the watermark
         self._closed_before = -math.inf  # windows starting before this are closed
         self._final_watermark = -math.inf  # the watermark never moves back (streams ending)
         self._edge_last_seen: dict[EdgeKey, float] = {}
@@ -362,7 +363,10 @@ class WindowAggregator:
 
     @property
     def watermark(self) -> float:
-        active = [ts for s, ts in self._stream_max_ts.items() if s not in self._stream_idle]
+        idle, clockless = self._stream_idle, self._clockless
+        active = [
+            ts for s, ts in self._stream_max_ts.items() if s not in idle and s not in clockless
+        ]
         if not active:
             active = [ts for ts in self._stream_max_ts.values() if ts > -math.inf]
         if not active:
@@ -411,6 +415,11 @@ class WindowAggregator:
         self._stream_next.pop(stream, None)
         for offs in self._window_offsets.values():
             offs.pop(stream, None)
+
+    def ignore_clock(self, stream: str) -> None:
+        """``stream``'s records never hold the watermark back: other streams carry its clock
+        (scale-out: the input partitions' clock messages, not the internal partition)."""
+        self._clockless.add(stream)
 
     def hold_closed(self) -> None:
         """From now on, closed windows keep holding their streams' positions back until

@@ -3,9 +3,11 @@
 
 Contract:
 * ``HandoverLog.publish(states)`` writes, for each internal partition number, its state as the
-  edge owner commits: ``closed_before`` (windows starting before it were emitted: their records
-  must not seed a second, partial copy at the next owner) and the open ``incidents`` of the
-  partition's identities (so an ongoing incident keeps its ``finding_info.uid`` across owners).
+  edge owner commits: ``closed_before`` (windows starting before it were emitted, and, with
+  shared scoring, scored and reported: their records must not seed a second, partial copy at
+  the next owner, which reports the partition's anomalies from there on) and the open
+  ``incidents`` of the partition's identities (so an ongoing incident keeps its
+  ``finding_info.uid`` across owners).
   It is awaited (acknowledged) before the offsets are committed, so the state is never older
   than the committed position.
 * The ingest stage publishes, for each input partition it owns (a stream name, key

@@ -11,9 +11,12 @@ two stages (the Kafka Streams repartition idea):
    Input offsets are committed only after the broker acknowledged every message sent for the
    units before them (at-least-once; never past unsent data).
 2. **Edge owner** (``EdgeOwnerPipeline``): consumes its share of the internal topic in a second
-   consumer group (``ScaleOutSettings.group_id``) and aggregates and scores as usual. Every edge,
-   and every fan-out, burst and incident of one caller identity, lives on exactly one replica:
-   the owner of the identity's partition.
+   consumer group (``ScaleOutSettings.group_id``) and aggregates as usual. Every edge window,
+   and every incident of one caller identity, lives on exactly one replica: the owner of the
+   identity's partition. Window sinks get the windows this replica closes; detection stages
+   (sinks with ``owns``) score every replica's windows instead, read back from the window log
+   (``detector.exchange``: shared scoring, so every replica learns the whole mesh), and report
+   the anomalies of the partitions this replica owns.
 
 Contract:
 * ``partition_of(identity_key(principal, cluster), n)`` is stable across processes and
@@ -27,7 +30,14 @@ Contract:
   Otherwise a newly assigned partition holds the watermark until it delivers data or idles.
 * Checkpoints: a replica's ``detection.checkpoint_path`` restores the incidents of every
   partition it owned; on each assignment it keeps those of partitions it owns and has no
-  handed-over state for, and releases the rest to their owners.
+  handed-over state for, and releases the rest to their owners. It also restores the
+  baselines and where they are in the window log.
+* Reporting (with shared scoring): an anomaly is reported by the owner of its subject's
+  partition (``subject_partition``; callerless subjects belong to partition 0), for window
+  times from the partition's handed-over horizon on; on taking a partition over, the window
+  times this replica scored already (``DetectionStage.history``) are reported from that
+  horizon. Closed windows hold their commit until every replica could score them; the
+  horizon published is at most the window time scored so far.
 * State handover on rebalance: an edge owner losing partitions commits past its closed windows,
   then drops (does not emit) the open windows of the identities of those partitions; the new
   owner rebuilds them from the committed offsets, and the internal topic is the changelog. Open
@@ -539,6 +549,9 @@ class EdgeOwnerPipeline(Pipeline):
         self.catchup_windows = 0  # edge windows emitted by catch-up aggregators
         self._owned: set[str] = set()
         self._origin_seen: dict[str, float] = {}  # input partition -> last announced (monotonic)
+        # per input partition, its newest announced clock in any internal partition: (event
+        # time, idle, when announced (monotonic)); see ``_hold_known_inputs``
+        self._input_clocks: dict[str, tuple[float | None, bool, float]] = {}
         self._stale = _StaleBatches()
         self._unclocked: set[str] = set()  # assigned partitions whose first clock is unread
         self.duplicates_dropped = 0
@@ -551,11 +564,16 @@ class EdgeOwnerPipeline(Pipeline):
             return
         if not batch.units:
             self.prepare_batch(batch)  # registers or ends the stream
+            # The watermark follows the input partitions (their clock messages), never the
+            # internal partition itself: one with no records (few callers, or a quiet night)
+            # would otherwise hold every window of this replica back.
+            self.aggregator.ignore_clock(batch.stream)
             if not batch.end:
                 # (Re)assigned: read from the commit, records may come before the first clock
                 # message names every input partition; until then nothing may close.
                 self.aggregator.register_stream(HOLD_PREFIX + batch.stream)
                 self._unclocked.add(batch.stream)
+                self._hold_known_inputs(batch.stream)
             return
         stream = batch.stream
         self._stream_wall[stream] = time.monotonic()
@@ -745,6 +763,7 @@ class EdgeOwnerPipeline(Pipeline):
             if clocks is None:
                 self._bad(batch.stream, off, "bad_clock", unit)
                 continue
+            known = self._input_clocks
             for origin, (ts, idle) in clocks.items():
                 name = prefix + origin
                 if ts is None:
@@ -753,10 +772,34 @@ class EdgeOwnerPipeline(Pipeline):
                     agg.note_event_time(name, ts)
                 agg.mark_idle(name, idle)
                 self._origin_seen[name] = now
+                before = known.get(origin)
+                newest = (
+                    ts if before is None or before[0] is None else max(ts or -math.inf, before[0])
+                )
+                known[origin] = (newest, idle, now)
             if batch.stream in self._unclocked:
                 self._unclocked.discard(batch.stream)
                 agg.forget_stream(HOLD_PREFIX + batch.stream)
         return units, offsets
+
+    def _hold_known_inputs(self, stream: str) -> None:
+        """A (re)assigned internal partition holds the watermark, from the start, at the last
+        known clock of every input partition announced anywhere (not idle, not timed out),
+        not only of those its first clock message names. An input partition whose ingest
+        replica died is announced by nobody until another replica takes it over, and then
+        resent from its commit: were the watermark to follow only the live ones meanwhile
+        (as after an eager rebalance that revoked every internal partition, and with them
+        every origin), those records would be late."""
+        now = time.monotonic()
+        limit = 3 * self.settings.idle_stream_s
+        agg = self.aggregator
+        prefix = f"{ORIGIN_PREFIX}{stream}|"
+        for origin, (ts, idle, seen) in self._input_clocks.items():
+            if ts is None or idle or now - seen >= limit:
+                continue
+            name = prefix + origin
+            agg.note_event_time(name, ts)
+            self._origin_seen[name] = seen
 
     async def _on_idle(self) -> None:
         # An input partition nobody announces any more (its ingest replica died and no other

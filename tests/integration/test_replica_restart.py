@@ -29,7 +29,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 import yaml
@@ -38,12 +38,9 @@ from standardwebhooks import Webhook
 
 from detector.anomalies import SECURITY
 from tests.http_helpers import get, wait_for
-from tests.integration.conftest import free_port
+from tests.integration.conftest import KafkaHelper, free_port
 from tests.integration.test_kafka_pipeline import unique_name
 from tests.integration.test_scale_out import sentinel_lines
-
-if TYPE_CHECKING:
-    from conftest import KafkaHelper
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
 
@@ -124,12 +121,16 @@ def topics_for(live: Live, tag: str) -> dict[tuple[str, str], str]:
 
 
 class ReplicaProc:
-    def __init__(self, workdir: Path, name: str, cfg: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, name: str, cfg: dict[str, Any], checkpoint: bool = False
+                 ) -> None:  # fmt: skip
         self.dir = workdir / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         cfg = json.loads(json.dumps(cfg))
         cfg["service"] = {"listen_host": "127.0.0.1", "listen_port": self.port}
+        if checkpoint:
+            cfg["detection"]["checkpoint_path"] = str(self.dir / "checkpoint.json.gz")
+            cfg["detection"]["checkpoint_interval_s"] = 300
         cfg["sinks"]["windows_jsonl"] = {"path": str(self.dir / "windows.jsonl")}
         cfg["delivery"]["outbox_path"] = str(self.dir / "outbox.sqlite")
         self.config = self.dir / "detector.yaml"
@@ -348,15 +349,22 @@ def quiet(receiver: Receiver, seconds: float = 4.0) -> None:
         time.sleep(seconds)
 
 
-def test_replica_killed_and_restarted_under_load_loses_nothing(
-    kafka: KafkaHelper, live: Live, tmp_path: Path
-) -> None:
-    # -- reference: one replica, undisturbed ------------------------------------------------
+@dataclass
+class Reference:
+    windows: dict[tuple[float, str], dict[str, Any]]
+    findings: dict[str, bytes]
+
+
+@pytest.fixture(scope="module")
+def reference(kafka_bootstrap: str, live: Live, tmp_path_factory: pytest.TempPathFactory
+              ) -> Reference:  # fmt: skip
+    """One replica, undisturbed, on the same input (the runs below compare with it)."""
+    kafka = KafkaHelper(kafka_bootstrap)
     ref_rx = Receiver()
     tag = unique_name("ref")
     asyncio.run(create_topics(kafka, live, tag))
     asyncio.run(produce(kafka, live, tag, seconds=0))
-    ref = ReplicaProc(tmp_path, "ref", config(kafka, live, tag, ref_rx))
+    ref = ReplicaProc(tmp_path_factory.mktemp("ref"), "ref", config(kafka, live, tag, ref_rx))
     ref.start()
     try:
         wait_for(ref.ready, timeout=60, what="reference ready")
@@ -365,18 +373,27 @@ def test_replica_killed_and_restarted_under_load_loses_nothing(
     finally:
         ref.stop()
         ref_rx.server.shutdown()
-    expected_windows = window_set([ref])
-    expected_findings = findings(ref_rx)
+    out = Reference(window_set([ref]), findings(ref_rx))
     assert sum(w["requests"] + w["api_calls"] + w["connections"]
-               for w in expected_windows.values()) > 0.95 * live.records  # fmt: skip
-    assert expected_findings, "the undisturbed run raised no findings at all"
+               for w in out.windows.values()) > 0.95 * live.records  # fmt: skip
+    assert security_findings(out.findings), "no security finding in the undisturbed run"
+    return out
 
+
+@pytest.mark.parametrize("checkpoint", [True, False], ids=["checkpoint", "log-from-start"])
+def test_replica_killed_and_restarted_under_load_loses_nothing(
+    kafka: KafkaHelper, live: Live, reference: Reference, tmp_path: Path, checkpoint: bool
+) -> None:
+    """``checkpoint``: the replicas checkpoint every 5 min of event time, and the restarted one
+    resumes its baselines and the window log from its last checkpoint; without, it reads the
+    window log from its start."""
+    expected_windows, expected_findings = reference.windows, reference.findings
     # -- two replicas; one killed at 30 % of the input and restarted at 45 % -------------------
     rx = Receiver()
     tag = unique_name("kill")
     cfg = config(kafka, live, tag, rx)
     asyncio.run(create_topics(kafka, live, tag))
-    a, b = ReplicaProc(tmp_path, "a", cfg), ReplicaProc(tmp_path, "b", cfg)
+    a, b = ReplicaProc(tmp_path, "a", cfg, checkpoint), ReplicaProc(tmp_path, "b", cfg, checkpoint)
     resumed: dict[str, float] = {}
     watching: list[asyncio.Task[None]] = []
 
@@ -425,6 +442,9 @@ def test_replica_killed_and_restarted_under_load_loses_nothing(
         rx.server.shutdown()
 
     assert a.restarts == 2, "the replica was not killed and restarted"
+    if checkpoint:
+        assert (a.dir / "checkpoint.json.gz").exists()
+        assert "resuming the window log" in (a.dir / "stderr-1.log").read_text()
     assert resumed["s"] < 5.0, f"scoring resumed {resumed['s']:.1f} s after readiness"
     got_windows = window_set([a, b])
     missing = set(expected_windows) - set(got_windows)
@@ -451,4 +471,3 @@ def test_replica_killed_and_restarted_under_load_loses_nothing(
         describe(set(got_findings) - set(expected_findings), got_findings),
         describe(set(expected_findings) - set(got_findings), expected_findings),
     )
-    assert security_findings(expected_findings), "no security finding in the undisturbed run"
