@@ -57,18 +57,15 @@ _NFIELDS = len(_FIELDS)
 _STR = frozenset(("src_principal", "src_cluster", "dst_namespace", "dst_service", "dst_cluster"))
 _OPTIONAL_FLOAT = frozenset(("latency_p50_ms", "latency_p90_ms", "latency_p99_ms"))
 _DICTS = frozenset(("routes", "failures_by_ip"))
-_KINDS = [
-    "str"
-    if name in _STR
-    else "optfloat"
-    if name in _OPTIONAL_FLOAT
-    else "dict"
-    if name in _DICTS
-    else "ips"
-    if name == "src_ips"
-    else "num"
-    for name in _FIELDS
-]
+_IDX = {name: i for i, name in enumerate(_FIELDS)}
+_STR_IDX = tuple(_IDX[n] for n in _STR)
+_OPT_IDX = tuple(_IDX[n] for n in _OPTIONAL_FLOAT)
+_DICT_IDX = tuple(_IDX[n] for n in _DICTS)
+_IPS = _IDX["src_ips"]
+_NUM_IDX = tuple(
+    i for n, i in _IDX.items() if n not in _STR and n not in _OPTIONAL_FLOAT and n not in _DICTS
+    and n != "src_ips"
+)  # fmt: skip
 
 
 def edge_order(w: EdgeWindow) -> tuple[str, str, str, str, str]:
@@ -86,28 +83,32 @@ def encode(partition: int, closed_before: float | None, windows: Sequence[EdgeWi
 
 
 def _num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    t = type(v)
+    # v - v is nan for inf and nan: finite floats only (bools are not ints here)
+    return t is int or (t is float and v - v == 0.0)
 
 
 def _row_ok(row: Any) -> bool:
-    if not isinstance(row, list) or len(row) != _NFIELDS:
+    """The shape ``encode`` writes: every replica decodes every window, so this is lean."""
+    if type(row) is not list or len(row) != _NFIELDS:
         return False
-    for kind, v in zip(_KINDS, row, strict=True):
-        if kind == "num":
-            if not _num(v):
-                return False
-        elif kind == "str":
-            if not isinstance(v, str):
-                return False
-        elif kind == "optfloat":
-            if v is not None and not _num(v):
-                return False
-        elif kind == "dict":
-            if not isinstance(v, dict) or not all(type(n) is int for n in v.values()):
-                return False
-        elif not isinstance(v, list) or not all(isinstance(ip, str) for ip in v):
+    for i in _NUM_IDX:
+        v = row[i]
+        if type(v) is not int and not (type(v) is float and v - v == 0.0):
             return False
-    return True
+    for i in _STR_IDX:
+        if type(row[i]) is not str:
+            return False
+    for i in _OPT_IDX:
+        v = row[i]
+        if v is not None and not _num(v):
+            return False
+    for i in _DICT_IDX:
+        d = row[i]
+        if type(d) is not dict or not all(type(n) is int for n in d.values()):
+            return False
+    ips = row[_IPS]
+    return type(ips) is list and all(type(ip) is str for ip in ips)
 
 
 def decode(data: bytes) -> tuple[int, float | None, list[EdgeWindow]] | None:
@@ -124,9 +125,8 @@ def decode(data: bytes) -> tuple[int, float | None, list[EdgeWindow]] | None:
     if not all(_row_ok(r) for r in rows):
         return None
     out = []
-    ips = _FIELDS.index("src_ips")
     for r in rows:
-        r[ips] = tuple(r[ips])
+        r[_IPS] = tuple(r[_IPS])
         out.append(EdgeWindow(*r))
     return p, (float(cb) if cb is not None else None), out
 
