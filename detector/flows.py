@@ -435,6 +435,12 @@ class WindowAggregator:
             for w in [w for w in held if w < before]:
                 del held[w]
 
+    @property
+    def holds_closed(self) -> bool:
+        """Some closed window still holds a position (``hold_closed``)."""
+        held = self._held
+        return held is not None and any(held.values())
+
     def release_stream(self, stream: str) -> None:
         """Closed windows hold no position of ``stream`` any more (its partition was revoked,
         after the revoking commit)."""

@@ -547,6 +547,8 @@ class EdgeOwnerPipeline(Pipeline):
         # (see ``_catch_up``): (aggregator, closed_before of the main one at takeover).
         self._catchup: dict[str, tuple[WindowAggregator, float]] = {}
         self.catchup_windows = 0  # edge windows emitted by catch-up aggregators
+        # finished catch-ups (shared scoring) whose closed windows still wait to be scored
+        self._catchup_done: list[tuple[str, WindowAggregator]] = []
         self._owned: set[str] = set()
         self._origin_seen: dict[str, float] = {}  # input partition -> last announced (monotonic)
         # per input partition, its newest announced clock in any internal partition: (event
@@ -642,6 +644,8 @@ class EdgeOwnerPipeline(Pipeline):
             )
             if passed or cu.closed_before >= cut or cu.watermark >= cut:
                 out.extend(cu.flush())
+                if self.exchange is not None:  # its windows hold the commit until scored
+                    self._catchup_done.append((stream, cu))
                 del self._catchup[stream]
         self.catchup_windows += len(out)
         return out
@@ -707,6 +711,9 @@ class EdgeOwnerPipeline(Pipeline):
         self.aggregator.release_closed(done)
         for cu, _ in self._catchup.values():
             cu.release_closed(done)
+        for _, cu in self._catchup_done:
+            cu.release_closed(done)
+        self._catchup_done = [(s, cu) for s, cu in self._catchup_done if cu.holds_closed]
         m = self.metrics
         m.shared_pending.set(ledger.pending_windows)
         if done > -math.inf:
@@ -732,7 +739,8 @@ class EdgeOwnerPipeline(Pipeline):
     def _positions(self) -> dict[str, int]:
         # open catch-up windows hold their stream's commit back, as open windows do
         out = self.aggregator.positions()
-        for cu, _ in self._catchup.values():
+        catchups = [cu for cu, _ in self._catchup.values()] + [cu for _, cu in self._catchup_done]
+        for cu in catchups:
             for stream, off in cu.positions().items():
                 if off < out.get(stream, off + 1):
                     out[stream] = off
@@ -959,10 +967,9 @@ class EdgeOwnerPipeline(Pipeline):
                 self.incidents_released += release(foreign)
 
     async def _commit(self) -> None:
-        # Published windows acknowledged, then the state, then offsets: the state is never
-        # older than the committed position, and no window is only in a lost send.
-        if self.exchange is not None:
-            await self.exchange.flush()
+        # State first, then offsets: the state is never older than the committed position.
+        # (Published windows need no acknowledgement here: their records' offsets stay held
+        # until every replica scored them, which they can only once the log has them.)
         await self._publish_state()
         await super()._commit()
 
@@ -1000,6 +1007,8 @@ class EdgeOwnerPipeline(Pipeline):
         # Commit past what is closed while we still own the partitions, then forget the open
         # windows of their identities: the next owner rebuilds them from that commit.
         await self._score_shared()  # what is complete is reported before the state goes out
+        if self.exchange is not None:
+            await self.exchange.flush()  # what this replica published is in the log
         await self._publish_state()
         await super()._on_revoked(streams)
         self._stale.revoked(streams)
