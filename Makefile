@@ -56,7 +56,7 @@ unit: $(STAMP)
 
 # Throughput beside a bare baseline in the same run (figures, never pass/fail): decode and
 # aggregate from files (also with 100,000 distinct edges), replay with and without scoring (and
-# scoring's cost per window; then at the evaluation's size: 12 h of test traffic, 1.1M records), the Kafka path, the webhook outbox, one replica beside two.
+# scoring's cost per window; then at the evaluation's size: 12 h of test traffic, 1.1M records), the Kafka path, the webhook outbox, one replica beside two (without and with shared scoring).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_file.py
 	$(BIN)/python benchmarks/bench_file.py --edges 100000 --formats envoy_json --modes core,run
@@ -65,6 +65,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_kafka.py
 	$(BIN)/python benchmarks/bench_outbox.py
 	$(BIN)/python benchmarks/bench_scaleout.py
+	$(BIN)/python benchmarks/bench_scaleout.py --score --rounds 5
 
 # The labelled evaluation: simulate 48 h of training and 12 h of test traffic with attacks and
 # traps, train, replay, and score the findings per scenario (about 10 minutes on 2 cores).

@@ -535,6 +535,7 @@ class EdgeOwnerPipeline(Pipeline):
         # per owned internal stream: anomalies of window times from here on are ours to report
         self._report_from: dict[str, float] = {}
         self.history_reported = 0  # anomalies reported at takeovers (see ``_on_assigned``)
+        self.shared_scoring_cpu_s = 0.0  # CPU seconds spent scoring the window log's batches
         self.dropped_on_revoke = 0
         self.replayed_skipped = 0  # records of windows the previous owner already emitted
         self.incidents_adopted = 0
@@ -701,9 +702,11 @@ class EdgeOwnerPipeline(Pipeline):
         if exchange is None:
             return
         batches = exchange.complete()
+        t0 = time.process_time()
         for batch in batches:
             for sink in self._shared:
                 await sink.emit(batch)
+        self.shared_scoring_cpu_s += time.process_time() - t0
         ledger = exchange.ledger
         if ledger is None:
             return
