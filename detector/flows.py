@@ -416,6 +416,12 @@ class WindowAggregator:
         for offs in self._window_offsets.values():
             offs.pop(stream, None)
 
+    def set_event_time(self, stream: str, ts: float) -> None:
+        """Replace ``stream``'s clock, lower or higher (a provisional clock superseded by the
+        stream's own announcement). Windows already closed stay closed."""
+        self._stream_max_ts[stream] = ts
+        self._stream_idle.discard(stream)
+
     def ignore_clock(self, stream: str) -> None:
         """``stream``'s records never hold the watermark back: other streams carry its clock
         (scale-out: the input partitions' clock messages, not the internal partition)."""

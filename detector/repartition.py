@@ -555,6 +555,7 @@ class EdgeOwnerPipeline(Pipeline):
         # per input partition, its newest announced clock in any internal partition: (event
         # time, idle, when announced (monotonic)); see ``_hold_known_inputs``
         self._input_clocks: dict[str, tuple[float | None, bool, float]] = {}
+        self._provisional: set[str] = set()  # origins held at a clock assumed at assignment
         self._stale = _StaleBatches()
         self._unclocked: set[str] = set()  # assigned partitions whose first clock is unread
         self.duplicates_dropped = 0
@@ -775,9 +776,15 @@ class EdgeOwnerPipeline(Pipeline):
                 self._bad(batch.stream, off, "bad_clock", unit)
                 continue
             known = self._input_clocks
+            provisional = self._provisional
             for origin, (ts, idle) in clocks.items():
                 name = prefix + origin
-                if ts is None:
+                if name in provisional:
+                    # this partition's own clock supersedes the one assumed at assignment,
+                    # even when lower: its records from the commit on may be older
+                    provisional.discard(name)
+                    agg.set_event_time(name, ts if ts is not None else -math.inf)
+                elif ts is None:
                     agg.register_stream(name)
                 else:
                     agg.note_event_time(name, ts)
@@ -800,7 +807,9 @@ class EdgeOwnerPipeline(Pipeline):
         replica died is announced by nobody until another replica takes it over, and then
         resent from its commit: were the watermark to follow only the live ones meanwhile
         (as after an eager rebalance that revoked every internal partition, and with them
-        every origin), those records would be late."""
+        every origin), those records would be late. Those clocks are provisional: the
+        partition's own clock messages replace them (even lower: read again from an older
+        commit, its records are older than what the other partitions announced)."""
         now = time.monotonic()
         limit = 3 * self.settings.idle_stream_s
         agg = self.aggregator
@@ -811,6 +820,7 @@ class EdgeOwnerPipeline(Pipeline):
             name = prefix + origin
             agg.note_event_time(name, ts)
             self._origin_seen[name] = seen
+            self._provisional.add(name)
 
     async def _on_idle(self) -> None:
         # An input partition nobody announces any more (its ingest replica died and no other
@@ -1028,6 +1038,7 @@ class EdgeOwnerPipeline(Pipeline):
             prefix = f"{ORIGIN_PREFIX}{stream}|"
             for name in [n for n in self._origin_seen if n.startswith(prefix)]:
                 del self._origin_seen[name]
+                self._provisional.discard(name)
                 self.aggregator.forget_stream(name)
         revoked = {p for p in map(stream_partition, streams) if p is not None}
         n = self._partition_count()

@@ -435,3 +435,31 @@ def test_an_internal_partition_without_records_holds_no_window_back() -> None:
         owner.process_batch(Batch(stream=stream, fmt="detector_flow", units=[unit], offsets=[1]))
     assert owner.aggregator.watermark == 190.0
     assert [w.window_start for w in owner.aggregator.close_ready()] == [0.0]
+
+
+async def test_a_partitions_own_clock_supersedes_the_one_assumed_at_assignment() -> None:
+    """The clocks assumed for a reassigned partition come from the other partitions; read again
+    from an older commit, the partition's own records and clocks are older. Its first clock
+    message replaces the assumed one, even lower, so those records are not late."""
+    from detector.decoders.internal import encode_clocks
+    from detector.sources import Batch
+
+    owner = EdgeOwnerPipeline(
+        PipelineSettings(window_s=60, allowed_lateness_s=10, idle_stream_s=5),
+        partitions=lambda: 4,
+    )
+
+    def clocks(stream: str, offset: int, **inputs: float) -> Batch:
+        unit = encode_clocks({k: (v, False) for k, v in inputs.items()})
+        return Batch(stream=stream, fmt="detector_flow", units=[unit], offsets=[offset])
+
+    def assigned(stream: str) -> Batch:
+        return Batch(stream=stream, fmt="detector_flow", units=[], offsets=[])
+
+    owner.process_batch(assigned("flows[1]"))
+    owner.process_batch(clocks("flows[1]", 0, q=900.0))
+    owner.process_batch(assigned("flows[0]"))  # its commit is far behind flows[1]'s
+    owner.process_batch(clocks("flows[0]", 0, q=300.0))
+    assert owner.aggregator.watermark == 290.0
+    owner.process_batch(clocks("flows[0]", 1, q=400.0))
+    assert owner.aggregator.watermark == 390.0
