@@ -46,7 +46,7 @@ import orjson
 
 from detector.errors import InfrastructureError
 from detector.flows import EdgeWindow
-from detector.sources.kafka import KafkaSettings, client_kwargs
+from detector.sources.kafka import KafkaSettings, await_acks, client_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -254,13 +254,11 @@ class WindowExchange:
         self.replication_factor = replication_factor
         self.retention_ms = retention_ms
         self.ledger: WindowLedger | None = None
-        self.published = 0  # windows
         self._producer: Any = None
         self._consumer: Any = None
         self._reader: asyncio.Task[None] | None = None
         self._inflight: list[asyncio.Future[Any]] = []
         self._resume: dict[str, Any] | None = None
-        self._arrived = asyncio.Event()
 
     def resume_from(self, state: dict[str, Any] | None) -> None:
         """A checkpoint's ledger state to continue from (call before ``start``)."""
@@ -331,8 +329,6 @@ class WindowExchange:
                 for msg in data.get(tp, []):
                     if msg.value is not None:
                         ledger.add(msg.offset, msg.value)
-                if data:
-                    self._arrived.set()
         except KafkaError as e:
             raise InfrastructureError(f"scale-out: reading {self.topic} failed: {e!r}") from None
 
@@ -361,21 +357,11 @@ class WindowExchange:
                 self._inflight.append(fut)
         except KafkaError as e:
             raise InfrastructureError(f"scale-out: send to {self.topic} failed: {e!r}") from None
-        self.published += len(windows)
 
     async def flush(self) -> None:
         """Wait until the broker acknowledged everything published."""
-        if not self._inflight:
-            return
         inflight, self._inflight = self._inflight, []
-        from aiokafka.errors import KafkaError
-
-        try:
-            await asyncio.gather(*inflight)
-        except KafkaError as e:
-            raise InfrastructureError(
-                f"scale-out: broker did not acknowledge windows for {self.topic}: {e!r}"
-            ) from None
+        await await_acks(inflight, f"windows for {self.topic}")
 
     def complete(self) -> list[list[EdgeWindow]]:
         self.check()

@@ -72,7 +72,7 @@ from detector.handover import HandoverLog
 from detector.pipeline import Pipeline, PipelineStats
 from detector.records import UNKNOWN, FlowRecord
 from detector.sources import Batch, Source
-from detector.sources.kafka import KafkaSettings, client_kwargs
+from detector.sources.kafka import KafkaSettings, await_acks, client_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -455,17 +455,8 @@ class Repartitioner(Pipeline):
             raise InfrastructureError(f"scale-out: send to {topic} failed: {e!r}") from None
 
     async def _await_acks(self) -> None:
-        if not self._inflight:
-            return
         inflight, self._inflight = self._inflight, []
-        from aiokafka.errors import KafkaError
-
-        try:
-            await asyncio.gather(*inflight)
-        except KafkaError as e:
-            raise InfrastructureError(
-                f"scale-out: broker did not acknowledge records for {self.scale.topic}: {e!r}"
-            ) from None
+        await await_acks(inflight, f"records for {self.scale.topic}")
 
 
 class _StaleBatches:

@@ -530,6 +530,19 @@ class KafkaSource:
                 await consumer.stop()
 
 
+async def await_acks(sends: list[asyncio.Future[Any]], what: str) -> None:
+    """Wait until the broker acknowledged every producer send in ``sends``; a failure is an
+    ``InfrastructureError`` naming ``what`` (infrastructure: exit, restart)."""
+    if not sends:
+        return
+    from aiokafka.errors import KafkaError
+
+    try:
+        await asyncio.gather(*sends)
+    except KafkaError as e:
+        raise InfrastructureError(f"scale-out: broker did not acknowledge {what}: {e!r}") from None
+
+
 def client_kwargs(s: KafkaSettings, name: str = "kafka") -> dict[str, Any]:
     """The aiokafka keyword arguments every client of these settings shares (consumer,
     producer, admin): servers, client id, timeouts, SASL and TLS."""

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 
 from detector.anomalies import Subject
 from detector.decoders.envoy import decode_text
-from detector.decoders.internal import decode, encode_records
+from detector.decoders.internal import decode, encode_clocks, encode_records
 from detector.errors import DecodeError
 from detector.flows import Resolver, WindowAggregator
 from detector.pipeline import PipelineSettings
@@ -381,27 +381,28 @@ async def test_catch_up_ends_when_the_streams_input_partitions_passed_it() -> No
     assert owner._catchup == {}
 
 
+def clocks(stream: str, offset: int, **inputs: float) -> Batch:
+    """A clock message of ``stream`` announcing input partitions (none idle)."""
+    unit = encode_clocks({k: (v, False) for k, v in inputs.items()})
+    return Batch(stream=stream, fmt="detector_flow", units=[unit], offsets=[offset])
+
+
+def assigned(stream: str) -> Batch:
+    """The empty batch a source announces a (re)assigned partition with."""
+    return Batch(stream=stream, fmt="detector_flow", units=[], offsets=[])
+
+
 async def test_a_reassigned_partition_holds_the_watermark_for_inputs_nobody_announces() -> None:
     """An ingest replica died: its input partitions are announced by nobody until another
     replica takes them over and resends them from their commit. An eager rebalance revoked
     every internal partition of this edge owner meanwhile; once reassigned, they still hold
     the watermark at those inputs' last known clocks (not only at what their first clock
     message names), so the resent records are not late."""
-    from detector.decoders.internal import encode_clocks
-    from detector.sources import Batch
-
     owner = EdgeOwnerPipeline(
         PipelineSettings(window_s=60, allowed_lateness_s=10, idle_stream_s=5),
         partitions=lambda: 4,
     )
     agg = owner.aggregator
-
-    def clocks(stream: str, offset: int, **inputs: float) -> Batch:
-        unit = encode_clocks({k: (v, False) for k, v in inputs.items()})
-        return Batch(stream=stream, fmt="detector_flow", units=[unit], offsets=[offset])
-
-    def assigned(stream: str) -> Batch:
-        return Batch(stream=stream, fmt="detector_flow", units=[], offsets=[])
 
     owner.process_batch(assigned("flows[0]"))
     owner.process_batch(clocks("flows[0]", 0, live=500.0, dead=300.0))
@@ -417,22 +418,18 @@ async def test_a_reassigned_partition_holds_the_watermark_for_inputs_nobody_anno
 def test_an_internal_partition_without_records_holds_no_window_back() -> None:
     """Few callers, or a quiet night: an owned internal partition that carries only clock
     messages must not hold this replica's windows (the input partitions' clocks do)."""
-    from detector.decoders.internal import encode_clocks, encode_records
-    from detector.sources import Batch
-
     owner = EdgeOwnerPipeline(
         PipelineSettings(window_s=60, allowed_lateness_s=10), partitions=lambda: 2
     )
     rec = FlowRecord(30.0, src_principal="a", src_cluster="east", dst_service="s", source="in[0]",
                      offset=0)  # fmt: skip
     for stream in ("flows[0]", "flows[1]"):
-        owner.process_batch(Batch(stream=stream, fmt="detector_flow", units=[], offsets=[]))
+        owner.process_batch(assigned(stream))
     owner.process_batch(
         Batch(stream="flows[0]", fmt="detector_flow", units=[encode_records([rec])], offsets=[0])
     )
     for stream in ("flows[0]", "flows[1]"):
-        unit = encode_clocks({"in[0]": (200.0, False)})
-        owner.process_batch(Batch(stream=stream, fmt="detector_flow", units=[unit], offsets=[1]))
+        owner.process_batch(clocks(stream, 1, **{"in[0]": 200.0}))
     assert owner.aggregator.watermark == 190.0
     assert [w.window_start for w in owner.aggregator.close_ready()] == [0.0]
 
@@ -441,20 +438,10 @@ async def test_a_partitions_own_clock_supersedes_the_one_assumed_at_assignment()
     """The clocks assumed for a reassigned partition come from the other partitions; read again
     from an older commit, the partition's own records and clocks are older. Its first clock
     message replaces the assumed one, even lower, so those records are not late."""
-    from detector.decoders.internal import encode_clocks
-    from detector.sources import Batch
-
     owner = EdgeOwnerPipeline(
         PipelineSettings(window_s=60, allowed_lateness_s=10, idle_stream_s=5),
         partitions=lambda: 4,
     )
-
-    def clocks(stream: str, offset: int, **inputs: float) -> Batch:
-        unit = encode_clocks({k: (v, False) for k, v in inputs.items()})
-        return Batch(stream=stream, fmt="detector_flow", units=[unit], offsets=[offset])
-
-    def assigned(stream: str) -> Batch:
-        return Batch(stream=stream, fmt="detector_flow", units=[], offsets=[])
 
     owner.process_batch(assigned("flows[1]"))
     owner.process_batch(clocks("flows[1]", 0, q=900.0))
